@@ -1,0 +1,62 @@
+r"""Train and evaluate NIN: `python launch.py --config=experiments/default.py:digits --workdir=DIR`.
+
+Thin on purpose: flags, process set-up (TensorFlow kept off the accelerators, jax.distributed on
+several hosts), then `nin_jax.train.train_and_evaluate`. Relaunching with the same --workdir
+resumes from the latest checkpoint there.
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the summary go here.",
+                    required=True)
+flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with no arguments, as "
+                  "on a Cloud TPU pod slice (it finds its peers itself).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs "
+                    "outside Cloud TPU (GPU clusters, CPU processes on one machine).")
+flags.DEFINE_integer("num_processes", None, "With --coordinator_address: how many processes.")
+flags.DEFINE_integer("process_id", None, "With --coordinator_address: this process's index.")
+# lock_config: a misspelled --config.key is an error, not a silently ignored flag.
+config_flags.DEFINE_config_file("config", None, "Config file, optionally with a variant: "
+                                "experiments/default.py:digits", lock_config=True)
+
+
+class _QuietOrbax(logging.logging.Filter):
+  """Orbax logs every step of every save at INFO; keep its warnings and errors only."""
+
+  def filter(self, record):
+    return record.levelno >= logging.logging.WARNING or "orbax" not in record.pathname
+
+
+def main(argv):
+  del argv
+  logging.get_absl_handler().addFilter(_QuietOrbax())
+  # TensorFlow only feeds the input pipeline; it must not take GPU/TPU memory from JAX.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # and its start-up banner is noise here
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")
+  tf.config.set_visible_devices([], "TPU")
+
+  import jax
+  if flags.FLAGS.coordinator_address:
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes only
+    jax.distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
+                               flags.FLAGS.process_id)
+  elif flags.FLAGS.multihost:
+    jax.distributed.initialize()
+
+  from nin_jax import train
+  from nin_jax.errors import NinError
+  if flags.FLAGS.config is None:
+    sys.exit("error: --config is required, for example --config=experiments/default.py:digits")
+  try:
+    train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  except NinError as e:
+    logging.error("%s", e)
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,29 @@
+"""Orbax checkpoints of the whole train state, kept in `<workdir>/checkpoints/<step>/`.
+
+The state holds params, optimizer state, step and the base RNG key. The data position needs no
+entry of its own: the batch of a step is a function of (seed, step) (see data.train_batch).
+"""
+import logging
+
+import orbax.checkpoint as ocp
+from etils import epath
+
+
+def create_manager(workdir, *, every_steps: int, keep: int) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(save_interval_steps=every_steps, max_to_keep=keep,
+                                         create=True)
+  return ocp.CheckpointManager(epath.Path(workdir) / "checkpoints", options=options)
+
+
+def restore_latest(manager: ocp.CheckpointManager, state):
+  """The latest checkpoint, restored into the structure (and shardings) of `state`; else `state`."""
+  step = manager.latest_step()
+  if step is None:
+    return state
+  logging.info("Resuming from checkpoint at step %d in %s", step, manager.directory)
+  return manager.restore(step, args=ocp.args.StandardRestore(state))
+
+
+def save(manager: ocp.CheckpointManager, state, *, force: bool = False):
+  """Saves `state` if its step is due (or `force`); the write finishes in the background."""
+  return manager.save(int(state.step), args=ocp.args.StandardSave(state), force=force)

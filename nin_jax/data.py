@@ -1,0 +1,283 @@
+"""Input: datasets as in-memory arrays, preprocessing fitted on the training split, batches.
+
+The paper's datasets are small (CIFAR-10 is 150 MB as uint8), so every source is loaded once into
+host memory as NHWC arrays. That keeps the input path simple and fast:
+  * the batch for a step is a function of (seed, step) alone -- a resumed run sees exactly the
+    examples an uninterrupted one would, and the data position needs no state of its own;
+  * augmentation (random crop, flip) runs on the device inside the train step (`augment`), so the
+    host only gathers rows, and a background thread keeps the next batches ready.
+
+Sources (`config.dataset`): the TFDS datasets in `TFDS_DATASETS`; `digits`, the 1,797 8x8
+handwritten digits that ship inside scikit-learn (no network); `npz`, your own arrays; and
+`synthetic`, random images for speed measurement. With several hosts, each host loads and
+iterates over its own shard only (`jax.process_index()` of `jax.process_count()`).
+"""
+import dataclasses
+import os
+import queue
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nin_jax.errors import DataError
+
+TFDS_DATASETS = ("cifar10", "cifar100", "svhn_cropped", "mnist")
+SOURCES = TFDS_DATASETS + ("digits", "npz", "synthetic")
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@dataclasses.dataclass
+class Dataset:
+  """One host's shard of a dataset: NHWC images (uint8 as loaded, float32 once preprocessed)."""
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  num_classes: int
+  num_train_examples: int  # over all hosts: every host must count the same steps per epoch
+  num_test_examples: int   # over all hosts: the evaluation counts each exactly once
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources: each returns this host's shard as a Dataset of uint8 images and integer labels.
+# ----------------------------------------------------------------------------------------------
+
+def _host_shard(array):
+  return array[jax.process_index()::jax.process_count()]
+
+
+def _sharded(x_train, y_train, x_test, y_test, num_classes):
+  """A Dataset of this host's shard of whole arrays."""
+  return Dataset(_host_shard(x_train), _host_shard(y_train.astype(np.int32)), _host_shard(x_test),
+                 _host_shard(y_test.astype(np.int32)), num_classes, len(x_train), len(x_test))
+
+
+def load_tfds(name, data_dir, download):
+  import tensorflow_datasets as tfds  # heavy, and only this source needs it
+
+  if data_dir and not _exists(data_dir):
+    raise DataError(f"data_dir {data_dir!r} does not exist; create it, or fix --config.data_dir")
+  builder = tfds.builder(name, data_dir=data_dir)
+  if not builder.is_prepared():
+    if not download:
+      raise DataError(
+          f"TFDS dataset {name!r} is not prepared in data_dir {builder.data_dir_root!r} and "
+          "downloads are off. Fixes: run on the embedded digits (--config=experiments/default.py:"
+          "digits, or --config.dataset=digits); or prepare it on a machine with internet "
+          f"(python -c \"import tensorflow_datasets as t; t.builder('{name}', data_dir='DIR')"
+          ".download_and_prepare()\") and copy DIR here, then pass --config.data_dir=DIR; or "
+          "allow the download with --config.download=True.")
+    try:
+      builder.download_and_prepare()
+    except Exception as e:  # network errors come in many types; all mean the same here
+      raise DataError(f"TFDS dataset {name!r} could not be downloaded to "
+                      f"{builder.data_dir_root!r} ({type(e).__name__}: {e}). Prepare it on a "
+                      "machine with internet and copy data_dir here, or use "
+                      "--config.dataset=digits.") from None
+
+  def split(name):  # this host's part of the split only
+    return tfds.as_numpy(builder.as_dataset(
+        split=tfds.split_for_jax_process(name), batch_size=-1, as_supervised=True))
+
+  splits = builder.info.splits
+  return Dataset(*split("train"), *split("test"), builder.info.features["label"].num_classes,
+                 splits["train"].num_examples, splits["test"].num_examples)
+
+
+def _exists(path):
+  from etils import epath  # understands gs:// as well as local paths
+  return epath.Path(path).exists()
+
+
+def load_digits(test_fraction=0.2, split_seed=0):
+  """The 1,797 8x8 digits of scikit-learn: real handwriting, no network, a fixed seeded split."""
+  from sklearn import datasets
+  digits = datasets.load_digits()
+  # Pixel values are 0..16; scale to the 0..255 of every other source.
+  images = np.round(digits.images * (255 / 16)).astype(np.uint8)[..., None]
+  labels = digits.target.astype(np.int32)
+  order = np.random.default_rng(split_seed).permutation(len(images))
+  num_test = int(round(len(images) * test_fraction))
+  test, train = order[:num_test], order[num_test:]
+  return _sharded(images[train], labels[train], images[test], labels[test], num_classes=10)
+
+
+def load_npz(path):
+  """Your own data: x_train, y_train, x_test, y_test; uint8 NHWC images, integer labels."""
+  if not path:
+    raise DataError("dataset 'npz' needs a file: --config.npz_path=/path/to/data.npz")
+  if not os.path.isfile(path):
+    raise DataError(f"npz file {path!r} does not exist; fix --config.npz_path")
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      missing = [k for k in NPZ_KEYS if k not in f.files]
+      if missing:
+        raise DataError(f"npz file {path!r} lacks arrays {missing}; it needs {list(NPZ_KEYS)}")
+      arrays = {k: f[k] for k in NPZ_KEYS}
+  except (OSError, ValueError) as e:
+    if isinstance(e, DataError):
+      raise
+    raise DataError(f"npz file {path!r} cannot be read ({e}); write it with numpy.savez") from None
+  for part in ("train", "test"):
+    x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
+    if x.dtype != np.uint8 or x.ndim != 4:
+      raise DataError(f"npz x_{part} must be uint8 NHWC images, got {x.dtype} with shape "
+                      f"{x.shape}; convert with x.astype(np.uint8), add a channel axis if needed")
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+      raise DataError(f"npz y_{part} must be a 1-D integer array, got {y.dtype} {y.shape}")
+    if len(x) != len(y):
+      raise DataError(f"npz x_{part} has {len(x)} images but y_{part} {len(y)} labels")
+    if y.min() < 0:
+      raise DataError(f"npz y_{part} holds negative labels; labels must be 0..num_classes-1")
+  num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
+  return _sharded(*(arrays[k] for k in NPZ_KEYS), num_classes)
+
+
+def load_synthetic(image_shape, num_classes, num_train, num_test, seed=0):
+  """Random images and labels: nothing to learn, for measuring speed only."""
+  rng = np.random.default_rng(seed)
+  def part(n):
+    return (rng.integers(0, 256, (n, *image_shape), dtype=np.uint8),
+            rng.integers(0, num_classes, n, dtype=np.int32))
+  return _sharded(*part(num_train), *part(num_test), num_classes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Preprocessing, fitted on the training split only.
+# ----------------------------------------------------------------------------------------------
+
+def fit_mean_std(x_train):
+  """Per-channel mean and std of the training images; returns the normalising function."""
+  pixels = x_train.reshape(-1, x_train.shape[-1]).astype(np.float64)
+  mean, std = pixels.mean(0), pixels.std(0) + 1e-8
+  return lambda x: ((x - mean) / std).astype(np.float32)
+
+
+def global_contrast_normalize(x, scale=55.0, min_divisor=1e-8):
+  """pylearn2's GCN as the maxout/NIN papers used it: per image, zero mean, L2 norm `scale`."""
+  flat = x.reshape(len(x), -1).astype(np.float64)
+  flat = flat - flat.mean(axis=1, keepdims=True)
+  norms = np.sqrt((flat ** 2).sum(axis=1, keepdims=True)) / scale
+  return flat / np.maximum(norms, min_divisor)
+
+
+def fit_gcn_zca(x_train, filter_bias=0.1):
+  """GCN then ZCA whitening (pylearn2's ZCA, filter_bias 0.1), fitted on the training split."""
+  flat = global_contrast_normalize(x_train)
+  mean = flat.mean(axis=0)
+  centred = flat - mean
+  eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / len(centred))
+  whiten = (eigenvectors / np.sqrt(eigenvalues + filter_bias)) @ eigenvectors.T
+  def apply(x):
+    return ((global_contrast_normalize(x) - mean) @ whiten).astype(np.float32).reshape(x.shape)
+  return apply
+
+
+PREPROCESSORS = {"mean_std": fit_mean_std, "gcn_zca": fit_gcn_zca}
+
+
+def load_dataset(config) -> Dataset:
+  """The dataset that `config` names, preprocessed, as this host's shard."""
+  name = config.dataset
+  if name in TFDS_DATASETS:
+    raw = load_tfds(name, config.data_dir, config.download)
+  elif name == "digits":
+    raw = load_digits()
+  elif name == "npz":
+    raw = load_npz(config.npz_path)
+  elif name == "synthetic":
+    s = config.synthetic
+    raw = load_synthetic(tuple(s.image_shape), s.num_classes, s.num_train, s.num_test)
+  else:
+    raise DataError(f"unknown dataset {name!r}; choose one of {SOURCES}")
+  if config.preprocess not in PREPROCESSORS:
+    raise DataError(f"unknown preprocess {config.preprocess!r}; choose one of "
+                    f"{sorted(PREPROCESSORS)}")
+  normalize = PREPROCESSORS[config.preprocess](raw.x_train)
+  return dataclasses.replace(raw, x_train=normalize(raw.x_train), x_test=normalize(raw.x_test))
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches. Shapes: [local_devices, per_device_batch, ...], ready for the pmapped steps.
+# ----------------------------------------------------------------------------------------------
+
+def _per_device(array, num_devices):
+  return array.reshape(num_devices, -1, *array.shape[1:])
+
+
+def train_batch(dataset, step, batch_size, seed, num_devices):
+  """The host's batch for global step `step`: a function of (seed, step), so resuming is exact.
+
+  Each epoch visits the shard in a fresh order, drawn from (seed, epoch); the last partial batch
+  of an epoch is dropped so that every step has the same shape.
+  """
+  steps_per_epoch = len(dataset.x_train) // batch_size
+  epoch, index = divmod(step, steps_per_epoch)
+  order = np.random.default_rng([seed, epoch]).permutation(len(dataset.x_train))
+  rows = np.sort(order[index * batch_size:(index + 1) * batch_size])  # sorted: faster gather
+  return {"image": _per_device(dataset.x_train[rows], num_devices),
+          "label": _per_device(dataset.y_train[rows], num_devices)}
+
+
+def prefetch(batches, size=2):
+  """Runs the iterator `batches` in a background thread, `size` items ahead."""
+  buffer = queue.Queue(maxsize=size)
+  done = object()
+
+  def produce():
+    for item in batches:
+      buffer.put(item)
+    buffer.put(done)
+
+  threading.Thread(target=produce, daemon=True).start()
+  while (item := buffer.get()) is not done:
+    yield item
+
+
+def eval_batches(x, y, batch_size, num_batches, num_devices):
+  """Fixed-size batches over (x, y), padded at the end; `mask` marks the real examples.
+
+  Every host runs the same `num_batches` (collectives need it), so shards that end sooner are
+  padded further; the mask makes each real example count exactly once.
+  """
+  padded = num_batches * batch_size
+  if len(x) > padded:
+    raise ValueError(f"{len(x)} examples do not fit {num_batches} batches of {batch_size}")
+  mask = np.zeros(padded, np.float32)
+  mask[:len(x)] = 1
+  x = np.concatenate([x, np.zeros((padded - len(x), *x.shape[1:]), x.dtype)])
+  y = np.concatenate([y, np.zeros(padded - len(y), y.dtype)])
+  for i in range(num_batches):
+    part = slice(i * batch_size, (i + 1) * batch_size)
+    yield {"image": _per_device(x[part], num_devices), "label": _per_device(y[part], num_devices),
+           "mask": _per_device(mask[part], num_devices)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation, on the device inside the train step.
+# ----------------------------------------------------------------------------------------------
+
+def augment(rng, images, example_ids, crop_padding, flip):
+  """Random crop after zero padding by `crop_padding` pixels, and random horizontal flips.
+
+  Each example's randomness comes from (rng, its index in the global batch), so the result does
+  not depend on how the batch is split over devices.
+  """
+  if not crop_padding and not flip:
+    return images
+  height, width = images.shape[1:3]
+  p = crop_padding
+
+  def one(example_id, image):
+    crop_key, flip_key = jax.random.split(jax.random.fold_in(rng, example_id))
+    if p:
+      padded = jnp.pad(image, ((p, p), (p, p), (0, 0)))
+      dy, dx = jax.random.randint(crop_key, (2,), 0, 2 * p + 1)
+      image = jax.lax.dynamic_slice(padded, (dy, dx, 0), (height, width, image.shape[-1]))
+    if flip:
+      image = jnp.where(jax.random.bernoulli(flip_key), image[:, ::-1], image)
+    return image
+
+  return jax.vmap(one)(example_ids, images)

@@ -1,0 +1,313 @@
+"""Training and evaluation: `train_and_evaluate(config, workdir)`, top to bottom.
+
+Sections: setup · data · model and optimizer · restore · the steps · the loop · summary.
+
+Device mapping lives in one place, `map_over_devices`: the global batch is split over every
+device (of every host); the train state is passed replicated (`in_axes=None`) and comes back
+replicated (`out_axes=None`), since current JAX implements `jax.pmap` as `jit` over `shard_map`.
+"""
+import functools
+import json
+import logging
+import math
+import time
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from etils import epath
+from jax import lax
+
+from nin_jax import checkpointing, data, models
+from nin_jax.errors import ConfigError, NonFiniteLossError, TrainingStuckError
+
+AXIS = "batch"  # the pmapped device axis
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: flax.core.FrozenDict
+  opt_state: optax.OptState
+  rng: jax.Array  # base key; a step's randomness is derived from (rng, step), so resume is exact
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedules and optimizer.
+# ----------------------------------------------------------------------------------------------
+
+def create_learning_rate_fn(opt: ml_collections.ConfigDict, steps_per_epoch: int,
+                            total_steps: int):
+  """Learning rate by step. Durations in the config are in epochs; converted here, once."""
+  if opt.schedule == "constant":
+    main = optax.constant_schedule(opt.learning_rate)
+  elif opt.schedule == "step":
+    # The paper's recipe: divide by 10 at fixed epochs (NIN_REFERENCE.md, CIFAR-10 recipe).
+    main = optax.piecewise_constant_schedule(
+        opt.learning_rate,
+        {round(epoch * steps_per_epoch): opt.decay_factor for epoch in opt.decay_epochs})
+  elif opt.schedule == "cosine":
+    main = optax.cosine_decay_schedule(opt.learning_rate, max(1, total_steps))
+  else:
+    raise ConfigError(f"unknown schedule {opt.schedule!r}; choose constant, step or cosine")
+  warmup_steps = round(opt.warmup_epochs * steps_per_epoch)
+  if not warmup_steps:
+    return main
+  warmup = optax.linear_schedule(0.0, opt.learning_rate, warmup_steps)
+  return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def learning_rate_multipliers(params, *, bias: float, classifier: float):
+  """Per-parameter learning-rate factors, as in the authors' files: biases at 2x, and the
+  class-map layer at 0.1x (its ReLU dies at the full rate: NIN_REFERENCE.md). They multiply."""
+  def factor(path, _):
+    names = [getattr(p, "key", "") for p in path]
+    return (bias if names[-1] == "bias" else 1.0) * (classifier if "classifier" in names else 1.0)
+  return jax.tree_util.tree_map_with_path(factor, params)
+
+
+def is_weight(params):
+  return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+
+
+def create_optimizer(opt: ml_collections.ConfigDict, params, learning_rate_fn):
+  """SGD with momentum; weight decay on weights only (not biases), as in the paper."""
+  multipliers = learning_rate_multipliers(params, bias=opt.bias_lr_multiplier,
+                                          classifier=opt.classifier_lr_multiplier)
+  return optax.chain(
+      optax.clip_by_global_norm(opt.grad_clip_norm) if opt.grad_clip_norm else optax.identity(),
+      optax.add_decayed_weights(opt.weight_decay, mask=is_weight),
+      optax.stateless(lambda updates, _: jax.tree.map(jnp.multiply, updates, multipliers)),
+      optax.trace(decay=opt.momentum, nesterov=opt.nesterov),
+      optax.scale_by_learning_rate(learning_rate_fn),
+  )
+
+
+# ----------------------------------------------------------------------------------------------
+# The steps: pure functions of (state, batch); cross-device averaging happens here, in one place.
+# ----------------------------------------------------------------------------------------------
+
+def cross_entropy(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+
+
+def train_step(state, batch, *, model, tx, learning_rate_fn, augment_config):
+  step_rng = jax.random.fold_in(state.rng, state.step)
+  augment_rng, dropout_rng = jax.random.split(step_rng)
+  device = lax.axis_index(AXIS)
+  per_device = batch["image"].shape[0]
+  images = data.augment(augment_rng, batch["image"], device * per_device + jnp.arange(per_device),
+                        augment_config.crop_padding, augment_config.flip)
+  # Dropout masks differ per device and per step.
+  dropout_rng = jax.random.fold_in(dropout_rng, device)
+
+  def loss_fn(params):
+    logits = model.apply({"params": params}, images, train=True, rngs={"dropout": dropout_rng})
+    return cross_entropy(logits, batch["label"]).mean(), logits
+
+  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  grads = lax.pmean(grads, AXIS)  # equal per-device batches: the mean of means is the mean
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = lax.pmean({"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+                       "grad_norm": optax.global_norm(grads)}, AXIS)
+  metrics["learning_rate"] = learning_rate_fn(state.step)
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch, *, model):
+  logits = model.apply({"params": params}, batch["image"], train=False)
+  mask = batch["mask"]
+  return lax.psum({"correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+                   "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+                   "count": jnp.sum(mask)}, AXIS)
+
+
+def map_over_devices(step_fn, **static):
+  """The one seam between a step and the devices: batch split on axis 0, state replicated."""
+  return jax.pmap(functools.partial(step_fn, **static), axis_name=AXIS,
+                  in_axes=(None, 0), out_axes=None)
+
+
+def evaluate(p_eval_step, params, dataset, batch_size):
+  per_host = batch_size // jax.process_count()
+  shard_size = math.ceil(dataset.num_test_examples / jax.process_count())
+  batches = data.eval_batches(dataset.x_test, dataset.y_test, per_host,
+                              math.ceil(shard_size / per_host), jax.local_device_count())
+  totals = None
+  for batch in batches:
+    sums = p_eval_step(params, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  assert int(totals["count"]) == dataset.num_test_examples, totals  # each example once
+  return {"accuracy": float(totals["correct"] / totals["count"]),
+          "loss": float(totals["loss"] / totals["count"])}
+
+
+# ----------------------------------------------------------------------------------------------
+# Guards on the loss.
+# ----------------------------------------------------------------------------------------------
+
+class StuckLossDetector:
+  """Counts consecutive steps whose loss sits at ln(num_classes), the value of all-equal logits.
+
+  With NIN's ReLU on the class maps, a loss stuck there means every class map died and no
+  gradient can revive it (NIN_REFERENCE.md, "The failure everybody hits"): stop, and say why.
+  """
+
+  def __init__(self, num_classes, patience_steps, tolerance):
+    self.chance_loss = math.log(num_classes)
+    self.num_classes = num_classes
+    self.patience_steps = patience_steps
+    self.tolerance = tolerance
+    self.run = 0
+
+  def update(self, first_step, losses):
+    for step, loss in enumerate(losses, start=first_step):
+      if not math.isfinite(loss):
+        raise NonFiniteLossError(f"loss is {loss} at step {step}; lower the learning rate or "
+                                 "set --config.optimizer.grad_clip_norm")
+      self.run = self.run + 1 if abs(loss - self.chance_loss) < self.tolerance else 0
+      if self.patience_steps and self.run >= self.patience_steps:
+        raise TrainingStuckError(
+            f"loss stuck at ln({self.num_classes}) = {self.chance_loss:.4f} for {self.run} steps "
+            f"(step {step}): every class map is zero after its ReLU, so no gradient flows "
+            "(NIN_REFERENCE.md, 'The failure everybody hits'). Change one of: "
+            "--config.optimizer.classifier_lr_multiplier=0.1 (the authors' 0.1x lr on the "
+            "class-map layer), a lower --config.optimizer.learning_rate, "
+            "--config.preprocess=gcn_zca, or --config.model.relu_on_class_maps=False.")
+
+
+# ----------------------------------------------------------------------------------------------
+# train_and_evaluate
+# ----------------------------------------------------------------------------------------------
+
+def count_params(params):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stop_at_step: int | None = None) -> dict:
+  """Trains, evaluates, checkpoints into `workdir`; resumes from its latest checkpoint.
+
+  `stop_at_step` ends this process early (a job-time limit, a test of resuming); relaunching
+  with the same workdir continues. Returns the summary also written to `summary.json`.
+  """
+  start_time = time.time()
+  workdir = epath.Path(workdir)
+  is_chief = jax.process_index() == 0
+
+  # --- Setup: devices and batch shapes ---------------------------------------------------------
+  num_local_devices = jax.local_device_count()
+  if config.batch_size % jax.device_count() or config.eval_batch_size % jax.device_count():
+    raise ConfigError(f"batch_size {config.batch_size} and eval_batch_size "
+                     f"{config.eval_batch_size} must divide by the {jax.device_count()} devices")
+  per_host_batch = config.batch_size // jax.process_count()
+  logging.info("Devices: %d (%d local, process %d of %d), platform %s", jax.device_count(),
+               num_local_devices, jax.process_index(), jax.process_count(),
+               jax.devices()[0].platform)
+
+  # --- Data ------------------------------------------------------------------------------------
+  dataset = data.load_dataset(config)
+  # Every host runs the same number of steps, so count epochs on the global batch.
+  steps_per_epoch = dataset.num_train_examples // config.batch_size
+  if steps_per_epoch < 1:
+    raise ConfigError(f"batch_size {config.batch_size} exceeds the {dataset.num_train_examples} "
+                     "training examples; lower --config.batch_size")
+  total_steps = round(config.num_epochs * steps_per_epoch)
+  logging.info("Data: %s, %d train and %d test examples on this host; %d steps/epoch, %d steps",
+               config.dataset, len(dataset.x_train), len(dataset.x_test), steps_per_epoch,
+               total_steps)
+
+  # --- Model and optimizer ---------------------------------------------------------------------
+  m = config.model
+  model = models.create_model(m.preset, dataset.num_classes, m.head, num_1x1=m.num_1x1,
+                              fc_hidden=tuple(m.fc_hidden),
+                              relu_on_class_maps=m.relu_on_class_maps,
+                              init_stddev=m.init_stddev)
+  init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  params = jax.jit(functools.partial(model.init, train=False))(
+      init_rng, jnp.zeros((1, *dataset.x_train.shape[1:])))["params"]
+  num_params = count_params(params)
+  learning_rate_fn = create_learning_rate_fn(config.optimizer, steps_per_epoch, total_steps)
+  tx = create_optimizer(config.optimizer, params, learning_rate_fn)
+  state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=train_rng)
+  logging.info("Model: %s, head %s, %s parameters", m.preset, m.head, f"{num_params:,}")
+
+  # --- Restore ---------------------------------------------------------------------------------
+  if is_chief:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  manager = checkpointing.create_manager(workdir, every_steps=config.checkpoint_every_steps,
+                                         keep=config.keep_checkpoints)
+  state = checkpointing.restore_latest(manager, state)
+  first_step = int(state.step)
+
+  # --- The steps -------------------------------------------------------------------------------
+  p_train_step = map_over_devices(train_step, model=model, tx=tx,
+                                  learning_rate_fn=learning_rate_fn,
+                                  augment_config=config.augment)
+  p_eval_step = map_over_devices(eval_step, model=model)
+  last_step = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
+  batches = data.prefetch(
+      data.train_batch(dataset, step, per_host_batch, config.seed, num_local_devices)
+      for step in range(first_step, last_step))
+
+  # --- The loop --------------------------------------------------------------------------------
+  stuck = StuckLossDetector(dataset.num_classes, config.stuck_loss_steps,
+                            config.stuck_loss_tolerance)
+  metrics_log = (workdir / "metrics.jsonl").open("a") if is_chief else None
+  progress = _progress_bar(first_step, total_steps, disable=not is_chief)
+  pending, window_start, window_time = [], first_step, time.time()
+  for step in range(first_step, last_step):
+    state, metrics = p_train_step(state, next(batches))
+    pending.append(metrics)
+    checkpointing.save(manager, state)
+    done = step + 1 == last_step
+    if (step + 1) % config.log_every_steps == 0 or done:
+      window = jax.device_get(pending)
+      stuck.update(window_start, [float(w["loss"]) for w in window])
+      images_per_s = len(window) * config.batch_size / (time.time() - window_time)
+      record = {"step": step + 1, "images_per_s": round(images_per_s, 1),
+                **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
+      if config.eval_every_steps and ((step + 1) % config.eval_every_steps == 0 or done):
+        record.update({f"test_{k}": v for k, v in
+                       evaluate(p_eval_step, state.params, dataset,
+                                config.eval_batch_size).items()})
+      if metrics_log:
+        metrics_log.write(json.dumps(record) + "\n")
+        metrics_log.flush()
+      progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_s:.0f}")
+      progress.update(len(window))
+      pending, window_start, window_time = [], step + 1, time.time()
+  progress.close()
+  checkpointing.save(manager, state, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  if metrics_log:
+    metrics_log.close()
+
+  # --- Summary ---------------------------------------------------------------------------------
+  test = evaluate(p_eval_step, state.params, dataset, config.eval_batch_size)
+  summary = {"dataset": config.dataset, "model": m.preset, "head": m.head,
+             "num_params": num_params, "step": int(state.step), "total_steps": total_steps,
+             "finished": int(state.step) == total_steps,
+             "test_accuracy": test["accuracy"], "test_error_percent": 100 * (1 - test["accuracy"]),
+             "test_loss": test["loss"], "wall_time_s": round(time.time() - start_time, 1),
+             "devices": jax.device_count(), "platform": jax.devices()[0].platform,
+             "seed": config.seed}
+  if is_chief:
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+  logging.info("Summary: test accuracy %.2f%% (error %.2f%%), %s parameters, %.1f s, step %d/%d",
+               100 * summary["test_accuracy"], summary["test_error_percent"],
+               f"{num_params:,}", summary["wall_time_s"], summary["step"], total_steps)
+  return summary
+
+
+def _progress_bar(first_step, total_steps, disable):
+  import tqdm  # comes with tensorflow-datasets
+  return tqdm.tqdm(initial=first_step, total=total_steps, disable=disable, unit="step",
+                   dynamic_ncols=True, mininterval=2)
