@@ -43,6 +43,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.preset = "nin_cifar"    # nin_cifar | nin_imagenet | nin_digits
   config.model.head = "gap"            # gap | fc | fc_dropout
   config.model.num_1x1 = config_dict.placeholder(int)  # 1x1 layers per block; unset: preset's (2)
+  config.model.dropout = config_dict.placeholder(float)  # between blocks; unset: preset's (0.5)
   config.model.fc_hidden = ()          # hidden dense widths of the FC heads
   config.model.relu_on_class_maps = True
   config.model.init_stddev = 0.05      # the authors' N(0, 0.05^2)

@@ -157,8 +157,9 @@ class NIN(nn.Module):
 
 
 def create_model(preset: str, num_classes: int, head: str = "gap", num_1x1: int | None = None,
-                 **kwargs) -> NIN:
-  """The network a config asks for: a preset, optionally with another number of 1 x 1 layers."""
+                 dropout: float | None = None, **kwargs) -> NIN:
+  """The network a config asks for: a preset, optionally with another number of 1 x 1 layers
+  or another dropout rate where the preset has dropout."""
   if preset not in PRESETS:
     raise ConfigError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
   if head not in HEADS:
@@ -166,4 +167,6 @@ def create_model(preset: str, num_classes: int, head: str = "gap", num_1x1: int 
   blocks = PRESETS[preset]
   if num_1x1 is not None:
     blocks = with_num_1x1(blocks, num_1x1)
+  if dropout is not None:
+    blocks = tuple(dataclasses.replace(b, dropout=dropout if b.dropout else 0.0) for b in blocks)
   return NIN(blocks=blocks, num_classes=num_classes, head=head, **kwargs)

@@ -225,6 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --- Model and optimizer ---------------------------------------------------------------------
   m = config.model
   model = models.create_model(m.preset, dataset.num_classes, m.head, num_1x1=m.num_1x1,
+                              dropout=m.dropout,
                               fc_hidden=tuple(m.fc_hidden),
                               relu_on_class_maps=m.relu_on_class_maps,
                               init_stddev=m.init_stddev)

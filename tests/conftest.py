@@ -1,0 +1,56 @@
+"""Every test sees 4 CPU devices, as a 4-chip host would: set before JAX is imported."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import orbax.checkpoint as ocp  # noqa: E402
+
+from experiments import default  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def digits_config(**overrides):
+  """experiments/default.py:digits, shortened; `overrides` use dotted keys: model.head='fc'."""
+  config = default.get_config("digits")
+  config.num_epochs = 0.5  # 11 steps of 64
+  config.log_every_steps = 5
+  config.eval_every_steps = 0
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def run_launch(*args, devices=4, timeout=600):
+  """`python launch.py ARGS` in a fresh process with `devices` CPU devices."""
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def final_params(workdir):
+  """The params of the latest checkpoint in `workdir`, as numpy arrays."""
+  manager = ocp.CheckpointManager(Path(workdir) / "checkpoints")
+  restored = manager.restore(manager.latest_step())
+  manager.close()
+  return restored["params"]
+
+
+def flatten(tree, prefix=""):
+  """{'a/b/kernel': array} for comparing trees leaf by leaf with clear failure messages."""
+  if isinstance(tree, dict):
+    out = {}
+    for key, value in tree.items():
+      out.update(flatten(value, f"{prefix}{key}/"))
+    return out
+  return {prefix.rstrip("/"): np.asarray(tree)}

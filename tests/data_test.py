@@ -1,0 +1,163 @@
+"""Data: the TFDS path on real TFDS files, the .npz and digits sources, batches, augmentation."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from conftest import digits_config
+
+from nin_jax import data
+from nin_jax.errors import DataError
+
+
+class TinyMnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A few MNIST-shaped examples, written in TFDS's on-disk format under the name 'mnist'.
+
+  The loader then reads them with TFDS's real MNIST builder, exactly as it would read the full
+  dataset prepared by `tfds.builder('mnist').download_and_prepare()`.
+  """
+  name = "mnist"
+  VERSION = tfds.core.Version("3.0.1")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(
+        builder=self, supervised_keys=("image", "label"),
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(28, 28, 1)),
+            "label": tfds.features.ClassLabel(num_classes=10)}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples(40, seed=0), "test": self._generate_examples(13, 1)}
+
+  def _generate_examples(self, num, seed):
+    rng = np.random.default_rng(seed)
+    for i in range(num):
+      yield i, {"image": rng.integers(0, 256, (28, 28, 1), dtype=np.uint8), "label": i % 10}
+
+
+@pytest.fixture(scope="module")
+def tfds_dir(tmp_path_factory):
+  data_dir = tmp_path_factory.mktemp("tfds")
+  TinyMnist(data_dir=str(data_dir)).download_and_prepare()
+  return data_dir
+
+
+def test_tfds_source_reads_prepared_tfds_files(tfds_dir):
+  dataset = data.load_dataset(digits_config(dataset="mnist", data_dir=str(tfds_dir)))
+  assert dataset.x_train.shape == (40, 28, 28, 1) and dataset.x_train.dtype == np.float32
+  assert dataset.x_test.shape == (13, 28, 28, 1)
+  assert (dataset.num_classes, dataset.num_train_examples, dataset.num_test_examples) == (10, 40, 13)
+  assert sorted(dataset.y_train) == sorted(i % 10 for i in range(40))
+  # mean/std fitted on the training split: standardised there
+  assert abs(dataset.x_train.mean()) < 1e-4 and abs(dataset.x_train.std() - 1) < 1e-3
+
+
+def test_missing_tfds_dataset_is_one_clear_error_and_writes_nothing(tmp_path):
+  with pytest.raises(DataError) as error:
+    data.load_dataset(digits_config(dataset="cifar10", data_dir=str(tmp_path)))
+  message = str(error.value)
+  for hint in ("cifar10", str(tmp_path), "dataset=digits", "data_dir"):
+    assert hint in message
+  assert list(tmp_path.iterdir()) == []
+
+
+def test_data_dir_that_does_not_exist(tmp_path):
+  with pytest.raises(DataError, match="does not exist"):
+    data.load_dataset(digits_config(dataset="cifar10", data_dir=str(tmp_path / "nope")))
+
+
+def test_digits_are_the_real_embedded_digits_with_a_fixed_split():
+  first = data.load_dataset(digits_config())
+  again = data.load_dataset(digits_config())
+  assert first.num_train_examples + first.num_test_examples == 1797
+  assert first.x_train.shape == (1438, 8, 8, 1) and first.x_test.shape == (359, 8, 8, 1)
+  np.testing.assert_array_equal(first.y_test, again.y_test)
+  assert set(first.y_train) == set(range(10))
+
+
+def write_npz(path, **changes):
+  rng = np.random.default_rng(0)
+  arrays = {"x_train": rng.integers(0, 256, (20, 6, 6, 3), dtype=np.uint8),
+            "y_train": np.arange(20) % 4, "x_test": rng.integers(0, 256, (7, 6, 6, 3), np.uint8),
+            "y_test": np.arange(7) % 4}
+  arrays.update(changes)
+  np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+  return str(path)
+
+
+def test_npz_source(tmp_path):
+  dataset = data.load_dataset(digits_config(dataset="npz", npz_path=write_npz(tmp_path / "d.npz")))
+  assert dataset.x_train.shape == (20, 6, 6, 3) and dataset.x_test.shape == (7, 6, 6, 3)
+  assert dataset.num_classes == 4 and dataset.y_train.dtype == np.int32
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"y_test": None}, "lacks arrays"),
+    ({"x_train": np.zeros((20, 6, 6, 3), np.float32)}, "must be uint8"),
+    ({"y_train": np.arange(19)}, "20 images but y_train 19"),
+])
+def test_bad_npz_files_are_clear_errors(tmp_path, changes, message):
+  path = write_npz(tmp_path / "bad.npz", **changes)
+  with pytest.raises(DataError, match=message):
+    data.load_dataset(digits_config(dataset="npz", npz_path=path))
+
+
+def test_gcn_zca_is_fitted_on_the_training_split():
+  rng = np.random.default_rng(0)
+  x_train = rng.integers(0, 256, (500, 4, 4, 3), dtype=np.uint8)
+  whiten = data.fit_gcn_zca(x_train, filter_bias=0.1)
+  white = whiten(x_train).reshape(500, -1)
+  # ZCA with filter bias b maps covariance eigenvalue l to l / (l + b): all in (0, 1).
+  gcn = data.global_contrast_normalize(x_train)
+  eig_before = np.linalg.eigvalsh(np.cov(gcn, rowvar=False, bias=True))
+  eig_after = np.linalg.eigvalsh(np.cov(white, rowvar=False, bias=True))
+  np.testing.assert_allclose(np.sort(eig_after), np.sort(eig_before / (eig_before + 0.1)),
+                             atol=1e-4)
+  np.testing.assert_allclose(white.mean(axis=0), 0, atol=1e-4)
+
+
+def test_train_batches_depend_on_seed_and_step_only_and_cover_each_epoch_once():
+  dataset = data.load_dataset(digits_config())
+  labels = [data.train_batch(dataset, step, 64, seed=3, num_devices=4)["label"].reshape(-1)
+            for step in range(22)]
+  again = data.train_batch(dataset, 5, 64, seed=3, num_devices=4)
+  np.testing.assert_array_equal(labels[5], again["label"].reshape(-1))
+  assert again["image"].shape == (4, 16, 8, 8, 1)
+  other_seed = data.train_batch(dataset, 5, 64, seed=4, num_devices=4)["label"].reshape(-1)
+  assert not np.array_equal(labels[5], other_seed)
+  # Within an epoch no example comes twice: images that hold their own index show it.
+  indexed = data.Dataset(np.arange(100, dtype=np.float32).reshape(100, 1, 1, 1), np.zeros(100),
+                         None, None, num_classes=1, num_train_examples=100, num_test_examples=0)
+  epoch = np.concatenate([data.train_batch(indexed, s, 16, 3, 2)["image"].reshape(-1)
+                          for s in range(6)])  # 6 x 16 = 96 of 100
+  assert len(np.unique(epoch)) == 96
+  next_epoch = data.train_batch(indexed, 6, 16, 3, 2)["image"].reshape(-1)
+  assert not np.array_equal(next_epoch, epoch[:16])  # a fresh order each epoch
+
+
+def test_eval_batches_count_every_example_once():
+  x, y = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1), np.arange(10)
+  batches = list(data.eval_batches(x, y, batch_size=4, num_batches=3, num_devices=2))
+  assert len(batches) == 3 and batches[0]["image"].shape == (2, 2, 1, 1, 1)
+  mask = np.concatenate([b["mask"].reshape(-1) for b in batches])
+  seen = np.concatenate([b["label"].reshape(-1) for b in batches])[mask == 1]
+  np.testing.assert_array_equal(seen, np.arange(10))
+
+
+def test_augmentation_does_not_depend_on_the_device_split():
+  images = jax.random.normal(jax.random.PRNGKey(0), (8, 6, 6, 2))
+  whole = data.augment(jax.random.PRNGKey(1), images, jnp.arange(8), crop_padding=2, flip=True)
+  halves = [data.augment(jax.random.PRNGKey(1), images[i:i + 4], jnp.arange(i, i + 4), 2, True)
+            for i in (0, 4)]
+  np.testing.assert_array_equal(whole, jnp.concatenate(halves))
+  assert not np.array_equal(whole, images)
+
+
+def test_augmentation_crops_are_shifts_of_the_padded_image():
+  image = jnp.arange(16.0).reshape(1, 4, 4, 1) + 1
+  out = data.augment(jax.random.PRNGKey(2), image, jnp.arange(1), crop_padding=1, flip=False)
+  padded = np.pad(np.asarray(image[0, :, :, 0]), 1)
+  shifts = [padded[dy:dy + 4, dx:dx + 4] for dy in range(3) for dx in range(3)]
+  assert any(np.array_equal(out[0, :, :, 0], s) for s in shifts)
+  unchanged = data.augment(jax.random.PRNGKey(2), image, jnp.arange(1), crop_padding=0, flip=False)
+  np.testing.assert_array_equal(unchanged, image)

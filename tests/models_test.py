@@ -1,0 +1,103 @@
+"""Architectures: parameter counts, shapes, the GAP head, the depth ablation."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nin_jax import models
+from nin_jax.errors import ConfigError
+
+
+def init(model, image_shape):
+  return model.init(jax.random.PRNGKey(0), jnp.zeros((2, *image_shape)), train=False)["params"]
+
+
+def num_params(model, image_shape):
+  shapes = jax.eval_shape(lambda: init(model, image_shape))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+
+
+@pytest.mark.parametrize("num_classes, expected", [(10, 966_986), (100, 984_356)])
+def test_nin_cifar_has_the_authors_parameter_count(num_classes, expected):
+  assert num_params(models.create_model("nin_cifar", num_classes), (32, 32, 3)) == expected
+
+
+def test_nin_cifar_layer_sizes_match_the_authors_files():
+  params = jax.eval_shape(lambda: init(models.create_model("nin_cifar", 10), (32, 32, 3)))
+  per_layer = [sum(int(np.prod(p.shape)) for p in layer.values())
+               for block in params.values() for layer in block.values()]
+  # conv1, cccp1, cccp2, conv2, cccp3, cccp4, conv3, cccp5, cccp6 (NIN_REFERENCE.md)
+  assert per_layer == [14_592, 30_880, 15_456, 460_992, 37_056, 37_056, 331_968, 37_056, 1_930]
+
+
+@pytest.mark.parametrize("head, expected", [("gap", 966_986), ("fc", 1_087_946),
+                                            ("fc_dropout", 1_087_946)])
+def test_head_parameter_counts_as_documented_in_readme(head, expected):
+  # FC heads drop the class-map layer (1,930) and add a dense 8*8*192 -> 10 (122,890).
+  assert num_params(models.create_model("nin_cifar", 10, head), (32, 32, 3)) == expected
+
+
+@pytest.mark.parametrize("preset, image_shape, num_classes", [
+    ("nin_cifar", (32, 32, 3), 10), ("nin_digits", (8, 8, 1), 10),
+    ("nin_imagenet", (224, 224, 3), 1000)])
+@pytest.mark.parametrize("head", models.HEADS)
+def test_logits_shape(preset, image_shape, num_classes, head):
+  model = models.create_model(preset, num_classes, head)
+  logits = jax.eval_shape(lambda: model.apply({"params": init(model, image_shape)},
+                                              jnp.zeros((2, *image_shape)), train=False))
+  assert logits.shape == (2, num_classes)
+
+
+def test_nin_imagenet_matches_the_caffe_zoo_size():
+  # NIN_REFERENCE.md: 7.6 M parameters.
+  assert num_params(models.create_model("nin_imagenet", 1000), (224, 224, 3)) == 7_595_176
+
+
+def test_ceil_mode_pooling_sizes():
+  x = jnp.zeros((1, 32, 32, 4))
+  assert models.pool(x, "max").shape == (1, 16, 16, 4)       # 32 -> 16, not 15
+  assert models.pool(models.pool(x, "max"), "avg").shape == (1, 8, 8, 4)
+  assert models.pool(jnp.zeros((1, 54, 54, 1)), "max").shape == (1, 27, 27, 1)
+
+
+def test_gap_score_is_the_spatial_mean_of_the_class_maps():
+  model = models.create_model("nin_digits", 10)
+  x = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 1))
+  params = init(model, (8, 8, 1))
+  logits, state = model.apply({"params": params}, x, train=False,
+                              capture_intermediates=True, mutable=["intermediates"])
+  class_maps = state["intermediates"]["mlpconv2"]["__call__"][0]
+  assert class_maps.shape == (3, 4, 4, 10)  # 8 x 8 digits, pooled once
+  np.testing.assert_allclose(logits, class_maps.mean(axis=(1, 2)), rtol=1e-6)
+  assert float(class_maps.min()) >= 0  # the paper's ReLU on the class maps
+
+
+def test_mlpconv_is_a_per_position_mlp():
+  block = models.MLPConv((6, 5, 4), kernel=3, padding=1)
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 5, 5, 2))
+  params = block.init(jax.random.PRNGKey(1), x)["params"]
+  y = block.apply({"params": params}, x)
+  # Recompute the 1x1 layers as a dense MLP over the channel axis at every position.
+  h = jax.nn.relu(jax.lax.conv_general_dilated(
+      x, params["Conv_0"]["kernel"], (1, 1), [(1, 1), (1, 1)],
+      dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["Conv_0"]["bias"])
+  for name in ("Conv_1", "Conv_2"):
+    h = jax.nn.relu(h @ params[name]["kernel"][0, 0] + params[name]["bias"])
+  np.testing.assert_allclose(y, h, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_1x1", [0, 1, 2, 3])
+def test_depth_ablation_keeps_shapes_and_counts_layers(num_1x1):
+  model = models.create_model("nin_cifar", 10, num_1x1=num_1x1)
+  params = jax.eval_shape(lambda: init(model, (32, 32, 3)))
+  assert [len(block) for block in params.values()] == [num_1x1 + 1] * 3
+  assert params["mlpconv3"]["classifier"]["kernel"].shape[-1] == 10
+  if num_1x1 == 2:
+    assert num_params(model, (32, 32, 3)) == 966_986  # the paper's own network
+
+
+def test_unknown_names_are_config_errors():
+  with pytest.raises(ConfigError, match="preset"):
+    models.create_model("nin_cifra", 10)
+  with pytest.raises(ConfigError, match="head"):
+    models.create_model("nin_cifar", 10, head="gpa")
