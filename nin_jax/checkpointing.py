@@ -24,6 +24,11 @@ def restore_latest(manager: ocp.CheckpointManager, state):
   return manager.restore(step, args=ocp.args.StandardRestore(state))
 
 
-def save(manager: ocp.CheckpointManager, state, *, force: bool = False):
-  """Saves `state` if its step is due (or `force`); the write finishes in the background."""
-  return manager.save(int(state.step), args=ocp.args.StandardSave(state), force=force)
+def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = False):
+  """Saves `state` (at `step`: a Python int, so the device need not be waited for) if its step is
+  due, or `force`. The write finishes in the background. A step already saved (a finished run
+  relaunched) is left as it is.
+  """
+  if step == manager.latest_step():
+    return False
+  return manager.save(step, args=ocp.args.StandardSave(state), force=force)

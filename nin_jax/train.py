@@ -113,7 +113,7 @@ def train_step(state, batch, *, model, tx, learning_rate_fn, augment_config):
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = lax.pmean({"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-                       "grad_norm": optax.global_norm(grads)}, AXIS)
+                       "grad_norm": optax.tree.norm(grads)}, AXIS)
   metrics["learning_rate"] = learning_rate_fn(state.step)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -253,6 +253,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                   augment_config=config.augment)
   p_eval_step = map_over_devices(eval_step, model=model)
   last_step = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
+  last_step = max(first_step, last_step)  # a finished run relaunched: nothing left to do
   batches = data.prefetch(
       data.train_batch(dataset, step, per_host_batch, config.seed, num_local_devices)
       for step in range(first_step, last_step))
@@ -263,10 +264,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   metrics_log = (workdir / "metrics.jsonl").open("a") if is_chief else None
   progress = _progress_bar(first_step, total_steps, disable=not is_chief)
   pending, window_start, window_time = [], first_step, time.time()
+  test, test_step = None, None
   for step in range(first_step, last_step):
     state, metrics = p_train_step(state, next(batches))
     pending.append(metrics)
-    checkpointing.save(manager, state)
+    checkpointing.save(manager, step + 1, state)
     done = step + 1 == last_step
     if (step + 1) % config.log_every_steps == 0 or done:
       window = jax.device_get(pending)
@@ -275,9 +277,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       record = {"step": step + 1, "images_per_s": round(images_per_s, 1),
                 **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
       if config.eval_every_steps and ((step + 1) % config.eval_every_steps == 0 or done):
-        record.update({f"test_{k}": v for k, v in
-                       evaluate(p_eval_step, state.params, dataset,
-                                config.eval_batch_size).items()})
+        test = evaluate(p_eval_step, state.params, dataset, config.eval_batch_size)
+        test_step = step + 1
+        record.update({f"test_{k}": v for k, v in test.items()})
       if metrics_log:
         metrics_log.write(json.dumps(record) + "\n")
         metrics_log.flush()
@@ -285,14 +287,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       progress.update(len(window))
       pending, window_start, window_time = [], step + 1, time.time()
   progress.close()
-  checkpointing.save(manager, state, force=True)
+  checkpointing.save(manager, last_step, state, force=True)
   manager.wait_until_finished()
   manager.close()
   if metrics_log:
     metrics_log.close()
 
   # --- Summary ---------------------------------------------------------------------------------
-  test = evaluate(p_eval_step, state.params, dataset, config.eval_batch_size)
+  if test_step != last_step:
+    test = evaluate(p_eval_step, state.params, dataset, config.eval_batch_size)
   summary = {"dataset": config.dataset, "model": m.preset, "head": m.head,
              "num_params": num_params, "step": int(state.step), "total_steps": total_steps,
              "finished": int(state.step) == total_steps,

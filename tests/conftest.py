@@ -41,7 +41,7 @@ def run_launch(*args, devices=4, timeout=600):
 def final_params(workdir):
   """The params of the latest checkpoint in `workdir`, as numpy arrays."""
   manager = ocp.CheckpointManager(Path(workdir) / "checkpoints")
-  restored = manager.restore(manager.latest_step())
+  restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
   manager.close()
   return restored["params"]
 

@@ -1,0 +1,106 @@
+"""Training: device-count invariance, exact resume, the stuck-at-ln(C) guard, per-layer lr."""
+import math
+
+import jax
+import numpy as np
+import pytest
+from conftest import digits_config, final_params, flatten, run_launch
+
+from nin_jax import train
+from nin_jax.errors import NonFiniteLossError, TrainingStuckError
+
+SHORT_RUN = ["--config=experiments/default.py:digits", "--config.num_epochs=0.5",
+             "--config.eval_every_steps=0", "--config.log_every_steps=5"]
+
+
+def test_one_device_and_four_devices_give_the_same_parameters(tmp_path):
+  # Dropout masks are drawn per device by design, so this comparison runs without dropout;
+  # augmentation stays on: its randomness follows the example, not the device.
+  args = SHORT_RUN + ["--config.model.dropout=0.0"]
+  for devices in (1, 4):
+    result = run_launch(*args, f"--workdir={tmp_path / str(devices)}", devices=devices)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Devices: {devices} ({devices} local" in result.stderr
+  one, four = flatten(final_params(tmp_path / "1")), flatten(final_params(tmp_path / "4"))
+  init = flatten(jax.device_get(_initial_params()))
+  for name in one:
+    np.testing.assert_allclose(one[name], four[name], rtol=1e-4, atol=2e-5, err_msg=name)
+  # ... and training moved them far more than that tolerance.
+  moved = max(np.abs(one[n] - init[n]).max() for n in one)
+  assert moved > 1e-2
+
+
+def _initial_params():
+  from nin_jax import models
+  import jax.numpy as jnp
+  model = models.create_model("nin_digits", 10, dropout=0.0, init_stddev=0.1)
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(0))
+  return model.init(init_rng, jnp.zeros((1, 8, 8, 1)), train=False)["params"]
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+  config = digits_config(checkpoint_every_steps=4, keep_checkpoints=2)  # dropout and crops on
+  straight = train.train_and_evaluate(config, tmp_path / "straight")
+  first = train.train_and_evaluate(config, tmp_path / "resumed", stop_at_step=6)
+  assert first["step"] == 6 and not first["finished"]
+  second = train.train_and_evaluate(config, tmp_path / "resumed")
+  assert second["step"] == straight["step"] == 11 and second["finished"]
+  a, b = flatten(final_params(tmp_path / "straight")), flatten(final_params(tmp_path / "resumed"))
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+  assert second["test_accuracy"] == straight["test_accuracy"]
+  # every 4 steps and at the end, keeping the last 2
+  kept = sorted(int(p.name) for p in (tmp_path / "straight" / "checkpoints").iterdir()
+                if p.name.isdigit())
+  assert kept == [8, 11]
+
+
+def test_stuck_loss_stops_the_run_with_a_message(tmp_path):
+  # The trap of NIN_REFERENCE.md: the authors' N(0, 0.05^2) init with the class-map layer at
+  # the full learning rate kills the class-map ReLUs.
+  config = digits_config(num_epochs=20.0, stuck_loss_steps=50, log_every_steps=10)
+  config.model.init_stddev = 0.05
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.classifier_lr_multiplier = 1.0
+  with pytest.raises(TrainingStuckError, match=r"stuck at ln\(10\) = 2\.3026 for 50 steps") as e:
+    train.train_and_evaluate(config, tmp_path)
+  assert "classifier_lr_multiplier=0.1" in str(e.value)
+
+
+def test_stuck_detector_counts_consecutive_steps_only():
+  detector = train.StuckLossDetector(num_classes=10, patience_steps=3, tolerance=1e-3)
+  chance = math.log(10)
+  detector.update(0, [chance, chance, 1.0, chance, chance])  # interrupted: no stop
+  with pytest.raises(TrainingStuckError, match="step 5"):
+    detector.update(5, [chance + 5e-4])
+  with pytest.raises(NonFiniteLossError, match="step 7"):
+    train.StuckLossDetector(10, 0, 1e-3).update(6, [1.0, float("nan")])
+
+
+def test_learning_rate_multipliers_follow_the_authors_files():
+  params = {"mlpconv1": {"Conv_0": {"kernel": 0, "bias": 0}},
+            "mlpconv3": {"classifier": {"kernel": 0, "bias": 0}}}
+  factors = train.learning_rate_multipliers(params, bias=2.0, classifier=0.1)
+  assert factors["mlpconv1"]["Conv_0"] == {"kernel": 1.0, "bias": 2.0}
+  assert factors["mlpconv3"]["classifier"] == {"kernel": 0.1, "bias": pytest.approx(0.2)}
+
+
+def test_weight_decay_applies_to_weights_not_biases():
+  config = digits_config()
+  config.optimizer.momentum = 0.0
+  params = {"layer": {"kernel": np.ones(2, np.float32), "bias": np.ones(2, np.float32)}}
+  tx = train.create_optimizer(config.optimizer, params, lambda step: 1.0)
+  zero = jax.tree.map(np.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_allclose(updates["layer"]["kernel"], -config.optimizer.weight_decay)
+  np.testing.assert_allclose(updates["layer"]["bias"], 0.0)
+
+
+def test_step_schedule_divides_by_ten_at_the_given_epochs():
+  config = digits_config()
+  config.optimizer.schedule = "step"
+  config.optimizer.decay_epochs = (2, 3)
+  lr = train.create_learning_rate_fn(config.optimizer, steps_per_epoch=10, total_steps=40)
+  base = config.optimizer.learning_rate
+  assert [float(lr(s)) for s in (0, 19, 20, 29, 30)] == pytest.approx(
+      [base, base, base / 10, base / 10, base / 100])
