@@ -6,6 +6,7 @@ Device mapping lives in one place, `map_over_devices`: the global batch is split
 device (of every host); the train state is passed replicated (`in_axes=None`) and comes back
 replicated (`out_axes=None`), since current JAX implements `jax.pmap` as `jit` over `shard_map`.
 """
+import contextlib
 import functools
 import json
 import logging
@@ -261,37 +262,35 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --- The loop --------------------------------------------------------------------------------
   stuck = StuckLossDetector(dataset.num_classes, config.stuck_loss_steps,
                             config.stuck_loss_tolerance)
-  metrics_log = (workdir / "metrics.jsonl").open("a") if is_chief else None
-  progress = _progress_bar(first_step, total_steps, disable=not is_chief)
   pending, window_start, window_time = [], first_step, time.time()
   test, test_step = None, None
-  for step in range(first_step, last_step):
-    state, metrics = p_train_step(state, next(batches))
-    pending.append(metrics)
-    checkpointing.save(manager, step + 1, state)
-    done = step + 1 == last_step
-    if (step + 1) % config.log_every_steps == 0 or done:
-      window = jax.device_get(pending)
-      stuck.update(window_start, [float(w["loss"]) for w in window])
-      images_per_s = len(window) * config.batch_size / (time.time() - window_time)
-      record = {"step": step + 1, "images_per_s": round(images_per_s, 1),
-                **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
-      if config.eval_every_steps and ((step + 1) % config.eval_every_steps == 0 or done):
-        test = evaluate(p_eval_step, state.params, dataset, config.eval_batch_size)
-        test_step = step + 1
-        record.update({f"test_{k}": v for k, v in test.items()})
-      if metrics_log:
-        metrics_log.write(json.dumps(record) + "\n")
-        metrics_log.flush()
-      progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_s:.0f}")
-      progress.update(len(window))
-      pending, window_start, window_time = [], step + 1, time.time()
-  progress.close()
+  with (_progress_bar(first_step, total_steps, disable=not is_chief) as progress,
+        (workdir / "metrics.jsonl").open("a") if is_chief else contextlib.nullcontext()
+        as metrics_log):
+    for step in range(first_step, last_step):
+      state, metrics = p_train_step(state, next(batches))
+      pending.append(metrics)
+      checkpointing.save(manager, step + 1, state)
+      done = step + 1 == last_step
+      if (step + 1) % config.log_every_steps == 0 or done:
+        window = jax.device_get(pending)
+        stuck.update(window_start, [float(w["loss"]) for w in window])
+        images_per_s = len(window) * config.batch_size / (time.time() - window_time)
+        record = {"step": step + 1, "images_per_s": round(images_per_s, 1),
+                  **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
+        if config.eval_every_steps and ((step + 1) % config.eval_every_steps == 0 or done):
+          test = evaluate(p_eval_step, state.params, dataset, config.eval_batch_size)
+          test_step = step + 1
+          record.update({f"test_{k}": v for k, v in test.items()})
+        if metrics_log:
+          metrics_log.write(json.dumps(record) + "\n")
+          metrics_log.flush()
+        progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_s:.0f}")
+        progress.update(len(window))
+        pending, window_start, window_time = [], step + 1, time.time()
   checkpointing.save(manager, last_step, state, force=True)
   manager.wait_until_finished()
   manager.close()
-  if metrics_log:
-    metrics_log.close()
 
   # --- Summary ---------------------------------------------------------------------------------
   if test_step != last_step:
