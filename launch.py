@@ -7,6 +7,8 @@ resumes from the latest checkpoint there.
 import os
 import sys
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up banner is noise here
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -34,7 +36,6 @@ def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietOrbax())
   # TensorFlow only feeds the input pipeline; it must not take GPU/TPU memory from JAX.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # and its start-up banner is noise here
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")
   tf.config.set_visible_devices([], "TPU")
@@ -53,8 +54,7 @@ def main(argv):
     sys.exit("error: --config is required, for example --config=experiments/default.py:digits")
   try:
     train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-  except NinError as e:
-    logging.error("%s", e)
+  except NinError as e:  # bad input or a run that cannot go on: one line, no traceback
     sys.exit(f"error: {e}")
 
 

@@ -63,7 +63,7 @@ def load_tfds(name, data_dir, download):
   if not builder.is_prepared():
     if not download:
       raise DataError(
-          f"TFDS dataset {name!r} is not prepared in data_dir {builder.data_dir_root!r} and "
+          f"TFDS dataset {name!r} is not prepared in data_dir {str(builder.data_dir_root)!r} and "
           "downloads are off. Fixes: run on the embedded digits (--config=experiments/default.py:"
           "digits, or --config.dataset=digits); or prepare it on a machine with internet "
           f"(python -c \"import tensorflow_datasets as t; t.builder('{name}', data_dir='DIR')"
@@ -73,7 +73,7 @@ def load_tfds(name, data_dir, download):
       builder.download_and_prepare()
     except Exception as e:  # network errors come in many types; all mean the same here
       raise DataError(f"TFDS dataset {name!r} could not be downloaded to "
-                      f"{builder.data_dir_root!r} ({type(e).__name__}: {e}). Prepare it on a "
+                      f"{str(builder.data_dir_root)!r} ({type(e).__name__}: {e}). Prepare it on a "
                       "machine with internet and copy data_dir here, or use "
                       "--config.dataset=digits.") from None
 

@@ -176,7 +176,7 @@ class StuckLossDetector:
         raise TrainingStuckError(
             f"loss stuck at ln({self.num_classes}) = {self.chance_loss:.4f} for {self.run} steps "
             f"(step {step}): every class map is zero after its ReLU, so no gradient flows "
-            "(NIN_REFERENCE.md, 'The failure everybody hits'). Change one of: "
+            "(README.md, 'The loss stuck at ln(10)'). Change one of: "
             "--config.optimizer.classifier_lr_multiplier=0.1 (the authors' 0.1x lr on the "
             "class-map layer), a lower --config.optimizer.learning_rate, "
             "--config.preprocess=gcn_zca, or --config.model.relu_on_class_maps=False.")

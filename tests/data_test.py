@@ -102,6 +102,21 @@ def test_bad_npz_files_are_clear_errors(tmp_path, changes, message):
     data.load_dataset(digits_config(dataset="npz", npz_path=path))
 
 
+def test_synthetic_source_has_the_configured_shapes():
+  config = digits_config(dataset="synthetic")
+  config.synthetic.update(image_shape=(5, 5, 3), num_classes=7, num_train=30, num_test=9)
+  dataset = data.load_dataset(config)
+  assert dataset.x_train.shape == (30, 5, 5, 3) and dataset.x_test.shape == (9, 5, 5, 3)
+  assert dataset.num_classes == 7 and dataset.y_train.max() < 7
+
+
+def test_unknown_dataset_and_preprocess_are_clear_errors():
+  with pytest.raises(DataError, match="unknown dataset 'cifar11'"):
+    data.load_dataset(digits_config(dataset="cifar11"))
+  with pytest.raises(DataError, match="unknown preprocess 'zca'"):
+    data.load_dataset(digits_config(preprocess="zca"))
+
+
 def test_gcn_zca_is_fitted_on_the_training_split():
   rng = np.random.default_rng(0)
   x_train = rng.integers(0, 256, (500, 4, 4, 3), dtype=np.uint8)
