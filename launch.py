@@ -1,5 +1,7 @@
 r"""Train and evaluate NIN: `python launch.py --config=experiments/default.py:digits --workdir=DIR`.
 
+An ablation config (experiments/ablate_*.py) runs every arm x seed and writes a report.
+
 Thin on purpose: flags, process set-up (TensorFlow kept off the accelerators, jax.distributed on
 several hosts), then `nin_jax.train.train_and_evaluate`. Relaunching with the same --workdir
 resumes from the latest checkpoint there.
@@ -9,11 +11,13 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up banner is noise here
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the summary go here.",
                     required=True)
+flags.DEFINE_list("arm", None, "For an ablation config: run only these arms (comma-separated), "
+                  "for example --arm=fc, so that several machines can share a sweep.")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with no arguments, as "
                   "on a Cloud TPU pod slice (it finds its peers itself).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs "
@@ -25,16 +29,8 @@ config_flags.DEFINE_config_file("config", None, "Config file, optionally with a 
                                 "experiments/default.py:digits", lock_config=True)
 
 
-class _QuietOrbax(logging.logging.Filter):
-  """Orbax logs every step of every save at INFO; keep its warnings and errors only."""
-
-  def filter(self, record):
-    return record.levelno >= logging.logging.WARNING or "orbax" not in record.pathname
-
-
 def main(argv):
   del argv
-  logging.get_absl_handler().addFilter(_QuietOrbax())
   # TensorFlow only feeds the input pipeline; it must not take GPU/TPU memory from JAX.
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")
@@ -48,12 +44,19 @@ def main(argv):
   elif flags.FLAGS.multihost:
     jax.distributed.initialize()
 
-  from nin_jax import train
+  from nin_jax import checkpointing, sweep, train
+  checkpointing.quiet_orbax_logs()
   from nin_jax.errors import NinError
-  if flags.FLAGS.config is None:
+  config = flags.FLAGS.config
+  if config is None:
     sys.exit("error: --config is required, for example --config=experiments/default.py:digits")
+  if flags.FLAGS.arm and "ablation" not in config:
+    sys.exit("error: --arm needs an ablation config, such as experiments/ablate_head.py")
   try:
-    train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    if "ablation" in config:  # every arm x seed, then the report
+      sweep.run_sweep(config, flags.FLAGS.workdir, only_arms=flags.FLAGS.arm)
+    else:
+      train.train_and_evaluate(config, flags.FLAGS.workdir)
   except NinError as e:  # bad input or a run that cannot go on: one line, no traceback
     sys.exit(f"error: {e}")
 

@@ -6,7 +6,19 @@ entry of its own: the batch of a step is a function of (seed, step) (see data.tr
 import logging
 
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from etils import epath
+
+
+class _QuietOrbax(logging.Filter):
+  """Orbax logs every step of every save at INFO; keep its warnings and errors only."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
+def quiet_orbax_logs():
+  absl_logging.get_absl_handler().addFilter(_QuietOrbax())
 
 
 def create_manager(workdir, *, every_steps: int, keep: int) -> ocp.CheckpointManager:
@@ -32,3 +44,15 @@ def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = Fals
   if step == manager.latest_step():
     return False
   return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+
+def restore_params(workdir):
+  """The params of the latest checkpoint in `workdir`, as saved, without building a train state."""
+  manager = ocp.CheckpointManager(epath.Path(workdir) / "checkpoints")
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: has this run started?")
+    return manager.restore(step, args=ocp.args.StandardRestore())["params"]
+  finally:
+    manager.close()

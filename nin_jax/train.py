@@ -6,7 +6,6 @@ Device mapping lives in one place, `map_over_devices`: the global batch is split
 device (of every host); the train state is passed replicated (`in_axes=None`) and comes back
 replicated (`out_axes=None`), since current JAX implements `jax.pmap` as `jit` over `shard_map`.
 """
-import contextlib
 import functools
 import json
 import logging
@@ -22,7 +21,7 @@ import optax
 from etils import epath
 from jax import lax
 
-from nin_jax import checkpointing, data, models
+from nin_jax import checkpointing, data, metrics, models
 from nin_jax.errors import ConfigError, NonFiniteLossError, TrainingStuckError
 
 AXIS = "batch"  # the pmapped device axis
@@ -34,6 +33,14 @@ class TrainState:
   params: flax.core.FrozenDict
   opt_state: optax.OptState
   rng: jax.Array  # base key; a step's randomness is derived from (rng, step), so resume is exact
+
+
+def create_model(config, num_classes):
+  """The network of `config.model` (also used to rebuild a trained run's model from disk)."""
+  m = config.model
+  return models.create_model(m.preset, num_classes, m.head, num_1x1=m.num_1x1, dropout=m.dropout,
+                             fc_hidden=tuple(m.fc_hidden), relu_on_class_maps=m.relu_on_class_maps,
+                             init_stddev=m.init_stddev)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,6 +197,12 @@ def count_params(params):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
+def flops_per_image(model, params, image_shape):
+  """FLOPs of one image's forward pass, as XLA's cost analysis counts the compiled function."""
+  forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
+  return float(forward.lower(params, jnp.zeros((1, *image_shape))).compile().cost_analysis()["flops"])
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_at_step: int | None = None) -> dict:
   """Trains, evaluates, checkpoints into `workdir`; resumes from its latest checkpoint.
@@ -225,11 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- Model and optimizer ---------------------------------------------------------------------
   m = config.model
-  model = models.create_model(m.preset, dataset.num_classes, m.head, num_1x1=m.num_1x1,
-                              dropout=m.dropout,
-                              fc_hidden=tuple(m.fc_hidden),
-                              relu_on_class_maps=m.relu_on_class_maps,
-                              init_stddev=m.init_stddev)
+  model = create_model(config, dataset.num_classes)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   params = jax.jit(functools.partial(model.init, train=False))(
       init_rng, jnp.zeros((1, *dataset.x_train.shape[1:])))["params"]
@@ -263,28 +272,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   stuck = StuckLossDetector(dataset.num_classes, config.stuck_loss_steps,
                             config.stuck_loss_tolerance)
   pending, window_start, window_time = [], first_step, time.time()
-  test, test_step = None, None
+  test, test_step, throughputs = None, None, []
   with (_progress_bar(first_step, total_steps, disable=not is_chief) as progress,
-        (workdir / "metrics.jsonl").open("a") if is_chief else contextlib.nullcontext()
-        as metrics_log):
+        metrics.MetricsWriter(workdir, enabled=is_chief) as writer):
     for step in range(first_step, last_step):
-      state, metrics = p_train_step(state, next(batches))
-      pending.append(metrics)
+      state, step_metrics = p_train_step(state, next(batches))
+      pending.append(step_metrics)
       checkpointing.save(manager, step + 1, state)
       done = step + 1 == last_step
-      if (step + 1) % config.log_every_steps == 0 or done:
+      is_eval = config.eval_every_steps and ((step + 1) % config.eval_every_steps == 0 or done)
+      if (step + 1) % config.log_every_steps == 0 or done or is_eval:
         window = jax.device_get(pending)
         stuck.update(window_start, [float(w["loss"]) for w in window])
         images_per_s = len(window) * config.batch_size / (time.time() - window_time)
-        record = {"step": step + 1, "images_per_s": round(images_per_s, 1),
+        record = {"step": step + 1, "epoch": (step + 1) / steps_per_epoch,
+                  "images_per_s": round(images_per_s, 1),
                   **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
-        if config.eval_every_steps and ((step + 1) % config.eval_every_steps == 0 or done):
+        if is_eval:
           test = evaluate(p_eval_step, state.params, dataset, config.eval_batch_size)
           test_step = step + 1
           record.update({f"test_{k}": v for k, v in test.items()})
-        if metrics_log:
-          metrics_log.write(json.dumps(record) + "\n")
-          metrics_log.flush()
+        writer.write(record)
+        throughputs.append(images_per_s)
         progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_s:.0f}")
         progress.update(len(window))
         pending, window_start, window_time = [], step + 1, time.time()
@@ -300,8 +309,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              "finished": int(state.step) == total_steps,
              "test_accuracy": test["accuracy"], "test_error_percent": 100 * (1 - test["accuracy"]),
              "test_loss": test["loss"], "wall_time_s": round(time.time() - start_time, 1),
-             "devices": jax.device_count(), "platform": jax.devices()[0].platform,
-             "seed": config.seed}
+             "flops_per_image": flops_per_image(model, state.params, dataset.x_train.shape[1:]),
+             # the first window of a process includes compilation: leave it out where we can
+             "train_images_per_s": float(np.median(throughputs[1:] or throughputs or [0.0])),
+             "steps_per_epoch": steps_per_epoch, "devices": jax.device_count(),
+             "platform": jax.devices()[0].platform, "seed": config.seed}
   if is_chief:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
   logging.info("Summary: test accuracy %.2f%% (error %.2f%%), %s parameters, %.1f s, step %d/%d",

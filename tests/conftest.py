@@ -9,9 +9,9 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-import orbax.checkpoint as ocp  # noqa: E402
 
 from experiments import default  # noqa: E402
+from nin_jax import checkpointing  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,11 +39,7 @@ def run_launch(*args, devices=4, timeout=600):
 
 
 def final_params(workdir):
-  """The params of the latest checkpoint in `workdir`, as numpy arrays."""
-  manager = ocp.CheckpointManager(Path(workdir) / "checkpoints")
-  restored = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())
-  manager.close()
-  return restored["params"]
+  return checkpointing.restore_params(workdir)
 
 
 def flatten(tree, prefix=""):

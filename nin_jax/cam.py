@@ -1,0 +1,90 @@
+"""Class activation maps of a trained GAP model: the paper's Figure 4 view.
+
+  python -m nin_jax.cam RUN_WORKDIR [--num_images=12] [--out=FILE.png]
+
+RUN_WORKDIR is one run's folder (for a sweep: <workdir>/gap/seed_0). Each row shows a test image,
+the feature map of the predicted class and, where the prediction is wrong, the map of the true
+class. With a GAP head a class score is the mean of its map, so the map shows where the evidence
+for that class lies. Half the rows are misclassified examples, where there are enough.
+"""
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+from etils import epath
+
+from nin_jax import checkpointing, data, train
+from nin_jax.errors import ConfigError
+
+flags.DEFINE_integer("num_images", 12, "How many test images (rows).")
+flags.DEFINE_string("out", None, "PNG path; default RUN_WORKDIR/class_activation_maps.png.")
+
+
+def class_maps(model, params, images):
+  """Logits and the last mlpconv's output (one map per class) for `images`."""
+  logits, state = model.apply({"params": params}, images, train=False,
+                              capture_intermediates=True, mutable=["intermediates"])
+  last_block = f"mlpconv{len(model.blocks)}"
+  return logits, state["intermediates"][last_block]["__call__"][0]
+
+
+def pick_examples(predicted, labels, count):
+  """Indices: up to half misclassified, the rest correct, in test-set order."""
+  wrong, right = np.flatnonzero(predicted != labels), np.flatnonzero(predicted == labels)
+  chosen_wrong = wrong[:count // 2]
+  return np.sort(np.concatenate([chosen_wrong, right[:count - len(chosen_wrong)]]))
+
+
+def write_figure(run_dir, num_images, out):
+  run_dir = epath.Path(run_dir)
+  config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
+  if config.model.head != "gap":
+    raise ConfigError(f"class activation maps need a GAP model; {run_dir} has head "
+                      f"{config.model.head!r}")
+  dataset = data.load_dataset(config)
+  model = train.create_model(config, dataset.num_classes)
+  params = checkpointing.restore_params(run_dir)
+  logits, maps = class_maps(model, params, jnp.asarray(dataset.x_test))
+  predicted = np.asarray(jnp.argmax(logits, -1))
+  rows = pick_examples(predicted, dataset.y_test, num_images)
+
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  figure, axes = plt.subplots(len(rows), 3, figsize=(6, 2 * len(rows)), squeeze=False)
+  size = dataset.x_test.shape[1:3]
+  for row, index in zip(axes, rows):
+    image = dataset.x_test[index]
+    image = (image - image.min()) / (np.ptp(image) + 1e-8)
+    row[0].imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray")
+    row[0].set_title(f"test #{index}, label {dataset.y_test[index]}", fontsize=8)
+    for column, (cls, name) in enumerate([(predicted[index], "predicted"),
+                                          (dataset.y_test[index], "true")], start=1):
+      row[column].axis("off")
+      if column == 2 and cls == predicted[index]:
+        row[column].text(0.5, 0.5, "true = predicted", ha="center", va="center", fontsize=8)
+        continue
+      upsampled = jax.image.resize(maps[index, :, :, cls], size, "bilinear")
+      row[column].imshow(upsampled, cmap="jet")
+      row[column].set_title(f"{name} class {cls}: score {logits[index, cls]:.2f}", fontsize=8)
+    row[0].axis("off")
+  figure.suptitle("Class activation maps (GAP: score = mean of the map)", fontsize=10)
+  figure.tight_layout()
+  out = epath.Path(out or run_dir / "class_activation_maps.png")
+  figure.savefig(str(out), dpi=110)
+  plt.close(figure)
+  return out
+
+
+def main(argv):
+  if len(argv) != 2:
+    raise app.UsageError("usage: python -m nin_jax.cam RUN_WORKDIR [--num_images=12] [--out=PNG]")
+  checkpointing.quiet_orbax_logs()
+  print(write_figure(argv[1], flags.FLAGS.num_images, flags.FLAGS.out))
+
+
+if __name__ == "__main__":
+  app.run(main)

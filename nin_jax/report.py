@@ -1,0 +1,286 @@
+"""The ablation report: `python -m nin_jax.report <workdir>` (also run at the end of a sweep).
+
+Reads what is on disk -- `sweep.json` and every `<arm>/seed_<n>/summary.json` and
+`metrics.jsonl` -- so it can be rebuilt at any time, also from run folders that several machines
+wrote. Writes `report.md`, `report.csv`, `report.json`, `test_error_vs_epoch.png` and
+`test_error_bars.png` into the workdir.
+
+Statistics. Seed n gives every arm the same data order and augmentation, so two arms are compared
+on the seeds both finished: the mean paired difference in test error, a 95% bootstrap interval
+for it, and a paired t-test; Welch's t-test (unpaired) is shown beside it. p-values are adjusted
+for the number of pairs (Holm). A difference counts as a finding only when the adjusted paired
+p-value is below 0.05; otherwise the report says the seeds cannot tell the arms apart.
+"""
+import csv
+import io
+import itertools
+import json
+import math
+import sys
+
+import numpy as np
+from etils import epath
+from scipy import stats
+
+from nin_jax import metrics
+
+ALPHA = 0.05
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics
+# ----------------------------------------------------------------------------------------------
+
+def welch_t_test(a, b):
+  """Welch's unequal-variance t-test of mean(a) == mean(b): (t, degrees of freedom, p)."""
+  a, b = np.asarray(a, float), np.asarray(b, float)
+  var_a, var_b = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+  diff = a.mean() - b.mean()
+  if var_a + var_b == 0:
+    return (0.0 if diff == 0 else math.copysign(math.inf, diff)), math.nan, float(diff == 0)
+  t = diff / math.sqrt(var_a + var_b)
+  dof = (var_a + var_b) ** 2 / (var_a ** 2 / (len(a) - 1) + var_b ** 2 / (len(b) - 1))
+  return t, dof, 2 * stats.t.sf(abs(t), dof)
+
+
+def paired_t_test(a, b):
+  """Paired t-test of mean(a - b) == 0 over matched seeds: (t, degrees of freedom, p)."""
+  d = np.asarray(a, float) - np.asarray(b, float)
+  sd = d.std(ddof=1)
+  if sd == 0:
+    return (0.0 if d.mean() == 0 else math.copysign(math.inf, d.mean())), len(d) - 1, float(
+        d.mean() == 0)
+  t = d.mean() / (sd / math.sqrt(len(d)))
+  return t, len(d) - 1, 2 * stats.t.sf(abs(t), len(d) - 1)
+
+
+def bootstrap_interval(differences, level=0.95, resamples=10_000, seed=0):
+  """Percentile bootstrap interval for the mean of `differences` (fixed seed: reproducible)."""
+  d = np.asarray(differences, float)
+  rng = np.random.default_rng(seed)
+  means = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
+  tail = (1 - level) / 2 * 100
+  return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+
+
+def holm_adjust(p_values):
+  """Holm-Bonferroni adjusted p-values, in the order given."""
+  p = np.asarray(p_values, float)
+  order = np.argsort(p)
+  adjusted = np.empty_like(p)
+  running = 0.0
+  for rank, index in enumerate(order):
+    running = max(running, min(1.0, (len(p) - rank) * p[index]))
+    adjusted[index] = running
+  return adjusted.tolist()
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading a sweep
+# ----------------------------------------------------------------------------------------------
+
+def load_sweep(workdir):
+  """sweep.json plus, per arm, the finished runs {seed: summary} and their metrics records."""
+  workdir = epath.Path(workdir)
+  sweep_file = workdir / "sweep.json"
+  if not sweep_file.exists():
+    raise FileNotFoundError(f"{sweep_file} not found: is {workdir} the workdir of a sweep?")
+  sweep = json.loads(sweep_file.read_text())
+  sweep["runs"] = {}
+  for arm in sweep["arms"]:
+    finished = {}
+    for seed in range(sweep["num_seeds"]):
+      summary_file = workdir / arm / f"seed_{seed}" / "summary.json"
+      if summary_file.exists():
+        summary = json.loads(summary_file.read_text())
+        if summary.get("finished"):
+          summary["records"] = metrics.read(workdir / arm / f"seed_{seed}")
+          finished[seed] = summary
+    sweep["runs"][arm] = finished
+  return sweep
+
+
+def summarize(sweep):
+  """Per-arm figures and pairwise comparisons, as plain data."""
+  arms = []
+  for arm in sweep["arms"]:
+    runs = sweep["runs"][arm]
+    errors = [runs[s]["test_error_percent"] for s in sorted(runs)]
+    first = runs[min(runs)] if runs else {}
+    arms.append({
+        "arm": arm, "seeds_finished": sorted(runs), "seeds_planned": sweep["num_seeds"],
+        "test_errors": errors,
+        "test_error_mean": float(np.mean(errors)) if errors else None,
+        "test_error_std": float(np.std(errors, ddof=1)) if len(errors) > 1 else None,
+        "test_error_best": min(errors) if errors else None,
+        "test_error_worst": max(errors) if errors else None,
+        "num_params": first.get("num_params"),
+        "flops_per_image": first.get("flops_per_image"),
+        "train_images_per_s": (float(np.mean([r["train_images_per_s"] for r in runs.values()]))
+                               if runs else None),
+        "wall_time_s": (float(np.mean([r["wall_time_s"] for r in runs.values()]))
+                        if runs else None),
+        "paper_test_error": sweep["paper_test_error"].get(arm),
+        "platform": first.get("platform"), "devices": first.get("devices"),
+    })
+
+  comparisons = []
+  for a, b in itertools.combinations(sweep["arms"], 2):
+    seeds = sorted(set(sweep["runs"][a]) & set(sweep["runs"][b]))
+    err_a = [sweep["runs"][a][s]["test_error_percent"] for s in seeds]
+    err_b = [sweep["runs"][b][s]["test_error_percent"] for s in seeds]
+    row = {"a": a, "b": b, "seeds": seeds, "mean_difference": None, "interval": None,
+           "paired_p": None, "welch_p": None}
+    if len(seeds) >= 2:
+      diffs = np.subtract(err_a, err_b)
+      row.update(mean_difference=float(diffs.mean()), interval=bootstrap_interval(diffs),
+                 paired_p=float(paired_t_test(err_a, err_b)[2]),
+                 welch_p=float(welch_t_test(err_a, err_b)[2]))
+    elif len(seeds) == 1:
+      row["mean_difference"] = err_a[0] - err_b[0]
+    comparisons.append(row)
+
+  tested = [c for c in comparisons if c["paired_p"] is not None]
+  for row, adjusted in zip(tested, holm_adjust([c["paired_p"] for c in tested])):
+    row["paired_p_holm"] = adjusted
+  for row in comparisons:
+    row["verdict"] = _verdict(row)
+  return {"field": sweep["field"], "dataset": sweep.get("dataset"), "arms": arms,
+          "comparisons": comparisons}
+
+
+def _verdict(row):
+  n = len(row["seeds"])
+  if n < 2:
+    return f"too few seeds finished in both ({n}): cannot tell"
+  if row["paired_p_holm"] < ALPHA:
+    lower, higher = (row["a"], row["b"]) if row["mean_difference"] < 0 else (row["b"], row["a"])
+    return f"{lower} has lower error than {higher}"
+  return f"cannot tell apart with {n} seeds: the difference is within seed noise"
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------
+
+def _fmt(value, pattern="{:.2f}"):
+  return "–" if value is None else pattern.format(value)
+
+
+def markdown(summary, sweep):
+  arms = summary["arms"]
+  hardware = {(a["platform"], a["devices"]) for a in arms if a["platform"]}
+  lines = [
+      f"# Ablation of `{summary['field']}` on {summary['dataset']}", "",
+      f"Seeds per arm: {sweep['num_seeds']} (seed n gives every arm the same data order and "
+      f"augmentation). Hardware: {', '.join(f'{p} x {d}' for p, d in sorted(hardware)) or '–'}. "
+      "Test error in %; mean ± sample std over the finished seeds.", "",
+      "| arm | seeds | test error | best | worst | params | MFLOPs/image | train images/s "
+      "| wall time/run (s) | paper |",
+      "|---|---|---|---|---|---|---|---|---|---|"]
+  for a in arms:
+    error = (f"{a['test_error_mean']:.2f} ± {_fmt(a['test_error_std'])}"
+             if a["test_error_mean"] is not None else "–")
+    lines.append(
+        f"| {a['arm']} | {len(a['seeds_finished'])}/{a['seeds_planned']} | {error} "
+        f"| {_fmt(a['test_error_best'])} | {_fmt(a['test_error_worst'])} "
+        f"| {_fmt(a['num_params'], '{:,}')} "
+        f"| {_fmt(a['flops_per_image'] and a['flops_per_image'] / 1e6, '{:.1f}')} "
+        f"| {_fmt(a['train_images_per_s'], '{:.0f}')} | {_fmt(a['wall_time_s'], '{:.1f}')} "
+        f"| {_fmt(a['paper_test_error'])} |")
+  lines += [
+      "", "## Differences between arms", "",
+      "Difference = error(a) − error(b) in percentage points over the seeds both finished; "
+      "95% bootstrap interval of the mean; paired t-test p, Holm-adjusted over the pairs; "
+      "Welch's t-test p for reference.", "",
+      "| a − b | seeds | difference | 95% interval | paired p (Holm) | Welch p | verdict |",
+      "|---|---|---|---|---|---|---|"]
+  for c in summary["comparisons"]:
+    interval = f"[{c['interval'][0]:+.2f}, {c['interval'][1]:+.2f}]" if c["interval"] else "–"
+    lines.append(
+        f"| {c['a']} − {c['b']} | {len(c['seeds'])} | {_fmt(c['mean_difference'], '{:+.2f}')} "
+        f"| {interval} | {_fmt(c.get('paired_p_holm'), '{:.3f}')} "
+        f"| {_fmt(c['welch_p'], '{:.3f}')} | {c['verdict']} |")
+  lines += ["", "![test error against epoch](test_error_vs_epoch.png)", "",
+            "![test error per arm](test_error_bars.png)", ""]
+  return "\n".join(lines)
+
+
+def plot(summary, sweep, workdir):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  figure, axes = plt.subplots(figsize=(7, 4.5))
+  for arm in sweep["arms"]:
+    curves = {}
+    for run in sweep["runs"][arm].values():
+      for r in run["records"]:
+        if "test_accuracy" in r:
+          curves.setdefault(round(r["epoch"], 3), []).append(100 * (1 - r["test_accuracy"]))
+    if curves:
+      epochs = sorted(curves)
+      mean = [np.mean(curves[e]) for e in epochs]
+      line, = axes.plot(epochs, mean, marker="o", markersize=3, label=arm)
+      axes.fill_between(epochs, [min(curves[e]) for e in epochs],
+                        [max(curves[e]) for e in epochs], color=line.get_color(), alpha=0.2)
+  axes.set(xlabel="epoch", ylabel="test error (%)", yscale="log",
+           title=f"{summary['field']}: mean over seeds, band = best..worst seed")
+  axes.grid(True, which="both", alpha=0.3)
+  axes.legend()
+  figure.tight_layout()
+  figure.savefig(str(epath.Path(workdir) / "test_error_vs_epoch.png"), dpi=120)
+  plt.close(figure)
+
+  figure, axes = plt.subplots(figsize=(7, 4.5))
+  arms = summary["arms"]
+  positions = np.arange(len(arms))
+  means = [a["test_error_mean"] or 0 for a in arms]
+  axes.bar(positions, means, yerr=[a["test_error_std"] or 0 for a in arms], capsize=6,
+           color="#9ecae1", edgecolor="#3182bd", label="mean ± std over seeds")
+  for x, a in zip(positions, arms):
+    axes.scatter([x] * len(a["test_errors"]), a["test_errors"], color="black", s=12, zorder=3,
+                 label="one seed" if x == 0 else None)
+    if a["paper_test_error"] is not None:
+      axes.scatter([x], [a["paper_test_error"]], marker="*", s=120, color="#e6550d", zorder=4,
+                   label="paper" if x == 0 else None)
+  axes.set_xticks(positions, [a["arm"] for a in arms])
+  axes.set(ylabel="test error (%)", title=f"{summary['field']} on {summary['dataset']}")
+  axes.legend()
+  figure.tight_layout()
+  figure.savefig(str(epath.Path(workdir) / "test_error_bars.png"), dpi=120)
+  plt.close(figure)
+
+
+def write_report(workdir):
+  """Builds the report from the runs on disk; returns the path of report.md."""
+  workdir = epath.Path(workdir)
+  sweep = load_sweep(workdir)
+  summary = summarize(sweep)
+  (workdir / "report.json").write_text(json.dumps(summary, indent=2))
+  table = io.StringIO()
+  columns = ["arm", "seeds_finished", "test_error_mean", "test_error_std", "test_error_best",
+             "test_error_worst", "num_params", "flops_per_image", "train_images_per_s",
+             "wall_time_s", "paper_test_error"]
+  writer = csv.DictWriter(table, columns, extrasaction="ignore")
+  writer.writeheader()
+  for arm in summary["arms"]:
+    writer.writerow({**arm, "seeds_finished": len(arm["seeds_finished"])})
+  (workdir / "report.csv").write_text(table.getvalue())
+  (workdir / "report.md").write_text(markdown(summary, sweep))
+  plot(summary, sweep, workdir)
+  return workdir / "report.md"
+
+
+def main(argv):
+  if len(argv) != 2:
+    sys.exit("usage: python -m nin_jax.report WORKDIR   (the --workdir of a sweep)")
+  try:
+    path = write_report(argv[1])
+  except FileNotFoundError as e:
+    sys.exit(f"error: {e}")
+  print(path.read_text())
+
+
+if __name__ == "__main__":
+  main(sys.argv)
