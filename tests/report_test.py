@@ -1,0 +1,102 @@
+"""The report's statistics, against scipy and values worked out by hand."""
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from nin_jax import report
+
+
+def test_welch_t_test_by_hand_and_against_scipy():
+  # a = 1, 2, 3 (var 1), b = 2, 4, 6 (var 4): se^2 = 1/3 + 4/3 = 5/3, t = -2 / sqrt(5/3)
+  t, dof, p = report.welch_t_test([1, 2, 3], [2, 4, 6])
+  assert t == pytest.approx(-2 / math.sqrt(5 / 3))
+  assert dof == pytest.approx((5 / 3) ** 2 / ((1 / 3) ** 2 / 2 + (4 / 3) ** 2 / 2))  # 2.941
+  assert dof == pytest.approx(2.9412, abs=1e-4)
+  rng = np.random.default_rng(0)
+  for _ in range(5):
+    a, b = rng.normal(10, 1, 4), rng.normal(10.5, 2, 6)
+    expected = stats.ttest_ind(a, b, equal_var=False)
+    t, _, p = report.welch_t_test(a, b)
+    assert (t, p) == pytest.approx((expected.statistic, expected.pvalue))
+
+
+def test_paired_t_test_against_scipy():
+  rng = np.random.default_rng(1)
+  for _ in range(5):
+    a = rng.normal(2, 0.3, 5)
+    b = a + rng.normal(0.2, 0.1, 5)
+    expected = stats.ttest_rel(a, b)
+    t, dof, p = report.paired_t_test(a, b)
+    assert (t, p) == pytest.approx((expected.statistic, expected.pvalue)) and dof == 4
+
+
+def test_holm_adjustment_by_hand():
+  # sorted 0.01, 0.03, 0.04 -> 3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04)
+  assert report.holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_bootstrap_interval():
+  assert report.bootstrap_interval([0.5, 0.5, 0.5]) == (0.5, 0.5)
+  d = np.random.default_rng(2).normal(1.0, 1.0, 50)
+  low, high = report.bootstrap_interval(d)
+  assert low < d.mean() < high
+  assert report.bootstrap_interval(d) == (low, high)  # seeded: reproducible
+  half_width = 1.96 * d.std(ddof=1) / math.sqrt(len(d))
+  assert high - low == pytest.approx(2 * half_width, rel=0.15)
+
+
+def write_fake_sweep(workdir, errors_by_arm, paper=None):
+  arms = list(errors_by_arm)
+  num_seeds = max(len(e) for e in errors_by_arm.values())
+  (workdir / "sweep.json").write_text(json.dumps({
+      "field": "model.head", "arms": arms, "num_seeds": num_seeds,
+      "paper_test_error": paper or {}, "dataset": "digits"}))
+  for arm, errors in errors_by_arm.items():
+    for seed, error in enumerate(errors):
+      run = workdir / arm / f"seed_{seed}"
+      run.mkdir(parents=True)
+      if error is None:  # a run that has not finished
+        (run / "summary.json").write_text(json.dumps({"finished": False}))
+        continue
+      (run / "summary.json").write_text(json.dumps({
+          "finished": True, "test_error_percent": error, "test_accuracy": 1 - error / 100,
+          "num_params": 100, "flops_per_image": 2e6, "train_images_per_s": 1000.0,
+          "wall_time_s": 10.0, "platform": "cpu", "devices": 1}))
+      (run / "metrics.jsonl").write_text(
+          json.dumps({"step": 10, "epoch": 1.0, "test_accuracy": 1 - 2 * error / 100}) + "\n" +
+          json.dumps({"step": 20, "epoch": 2.0, "test_accuracy": 1 - error / 100}) + "\n")
+
+
+def test_report_tells_a_real_difference_from_noise(tmp_path):
+  write_fake_sweep(tmp_path, {"gap": [10.0, 10.2, 10.1], "fc": [12.0, 12.3, 12.1],
+                              "fc_dropout": [10.3, 9.9, 10.4]}, paper={"gap": 10.41})
+  report.write_report(tmp_path)
+  summary = json.loads((tmp_path / "report.json").read_text())
+  gap = summary["arms"][0]
+  assert gap["test_error_mean"] == pytest.approx(10.1)
+  assert gap["test_error_std"] == pytest.approx(0.1)
+  assert (gap["test_error_best"], gap["test_error_worst"]) == (10.0, 10.2)
+  assert gap["paper_test_error"] == 10.41
+  verdicts = {(c["a"], c["b"]): c["verdict"] for c in summary["comparisons"]}
+  assert verdicts[("gap", "fc")] == "gap has lower error than fc"
+  assert verdicts[("gap", "fc_dropout")].startswith("cannot tell apart with 3 seeds")
+  pair = summary["comparisons"][0]
+  assert pair["mean_difference"] == pytest.approx(-2.0333, abs=1e-4)
+  assert pair["paired_p"] == pytest.approx(stats.ttest_rel([10.0, 10.2, 10.1],
+                                                           [12.0, 12.3, 12.1]).pvalue)
+  text = (tmp_path / "report.md").read_text()
+  assert "| gap | 3/3 | 10.10 ± 0.10 | 10.00 | 10.20 |" in text
+  assert "10.41" in text
+
+
+def test_report_with_unfinished_runs_says_so(tmp_path):
+  write_fake_sweep(tmp_path, {"gap": [10.0, None], "fc": [12.0, 11.0]})
+  report.write_report(tmp_path)
+  summary = json.loads((tmp_path / "report.json").read_text())
+  assert summary["arms"][0]["seeds_finished"] == [0]
+  assert summary["arms"][0]["test_error_std"] is None
+  assert summary["comparisons"][0]["verdict"].startswith("too few seeds finished in both (1)")
+  assert "| gap | 1/2 | 10.00 ± – |" in (tmp_path / "report.md").read_text()
