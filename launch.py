@@ -48,8 +48,6 @@ def main(argv):
   checkpointing.quiet_orbax_logs()
   from nin_jax.errors import NinError
   config = flags.FLAGS.config
-  if config is None:
-    sys.exit("error: --config is required, for example --config=experiments/default.py:digits")
   if flags.FLAGS.arm and "ablation" not in config:
     sys.exit("error: --arm needs an ablation config, such as experiments/ablate_head.py")
   try:
@@ -61,5 +59,28 @@ def main(argv):
     sys.exit(f"error: {e}")
 
 
+def parse_flags(argv):
+  """absl's parsing, with every flag or config-file error as one line and a non-zero exit."""
+  try:
+    remaining = flags.FLAGS(argv)
+    if flags.FLAGS.config is None:
+      sys.exit("error: --config is required, for example --config=experiments/default.py:digits")
+    "ablation" in flags.FLAGS.config  # the config file is loaded lazily: load it here
+    return remaining
+  except AttributeError as e:  # a --config.x.y override that names no field
+    name, _, hint = _one_line(e).replace("'", "").replace('"', '').partition(" Did you mean")
+    sys.exit(f"error: --config has no field {name!r}" + (f"; did you mean{hint}" if hint else ""))
+  except (flags.Error, OSError, KeyError, TypeError, ValueError) as e:
+    sys.exit(f"error: {_one_line(e)}")
+
+
+def _one_line(error):
+  """The gist of an error whose text may span lines or carry a traceback of the config file."""
+  lines = [line.strip() for line in str(error).replace("\\n", "\n").splitlines() if line.strip()]
+  if any(line.startswith("Traceback") for line in lines):
+    lines = lines[-1:]  # the config file's own exception
+  return " ".join(lines).replace("\\'", "'")
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

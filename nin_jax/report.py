@@ -9,7 +9,7 @@ Statistics. Seed n gives every arm the same data order and augmentation, so two 
 on the seeds both finished: the mean paired difference in test error, a 95% bootstrap interval
 for it, and a paired t-test; Welch's t-test (unpaired) is shown beside it. p-values are adjusted
 for the number of pairs (Holm). A difference counts as a finding only when the adjusted paired
-p-value is below 0.05; otherwise the report says the seeds cannot tell the arms apart.
+p-value is below 0.05; otherwise the report says the seeds do not establish it.
 """
 import csv
 import io
@@ -156,7 +156,8 @@ def _verdict(row):
   if row["paired_p_holm"] < ALPHA:
     lower, higher = (row["a"], row["b"]) if row["mean_difference"] < 0 else (row["b"], row["a"])
     return f"{lower} has lower error than {higher}"
-  return f"cannot tell apart with {n} seeds: the difference is within seed noise"
+  return (f"not established with {n} seeds (adjusted p = {row['paired_p_holm']:.2f}); "
+          "more seeds would decide")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import jax
 import ml_collections
 from etils import epath
 
-from nin_jax import report, train
+from nin_jax import report, train, validation
 from nin_jax.errors import ConfigError
 
 
@@ -71,7 +71,10 @@ def is_finished(run_dir) -> bool:
 def run_sweep(config, workdir, only_arms=None):
   """Runs what is left of the sweep, then writes the report from all runs on disk."""
   workdir = epath.Path(workdir)
+  validation.validate_ablation(config)
   runs = expand(config, only_arms)
+  for run in runs:  # every arm's config, before the first run starts
+    validation.validate(run.config)
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "sweep.json").write_text(json.dumps({

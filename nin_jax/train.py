@@ -21,7 +21,7 @@ import optax
 from etils import epath
 from jax import lax
 
-from nin_jax import checkpointing, data, metrics, models
+from nin_jax import checkpointing, data, metrics, models, validation
 from nin_jax.errors import ConfigError, NonFiniteLossError, TrainingStuckError
 
 AXIS = "batch"  # the pmapped device axis
@@ -159,11 +159,12 @@ def evaluate(p_eval_step, params, dataset, batch_size):
 # Guards on the loss.
 # ----------------------------------------------------------------------------------------------
 
-class StuckLossDetector:
-  """Counts consecutive steps whose loss sits at ln(num_classes), the value of all-equal logits.
+class LossGuard:
+  """Stops a run whose loss or gradients are not finite, or whose loss sits at ln(num_classes).
 
-  With NIN's ReLU on the class maps, a loss stuck there means every class map died and no
-  gradient can revive it (NIN_REFERENCE.md, "The failure everybody hits"): stop, and say why.
+  The second is NIN's known failure: with the ReLU on the class maps, a loss stuck at the value of
+  all-equal logits means every class map died and no gradient can revive it (NIN_REFERENCE.md,
+  "The failure everybody hits"). Counts consecutive steps; `patience_steps=0` turns it off.
   """
 
   def __init__(self, num_classes, patience_steps, tolerance):
@@ -173,11 +174,17 @@ class StuckLossDetector:
     self.tolerance = tolerance
     self.run = 0
 
-  def update(self, first_step, losses):
-    for step, loss in enumerate(losses, start=first_step):
-      if not math.isfinite(loss):
-        raise NonFiniteLossError(f"loss is {loss} at step {step}; lower the learning rate or "
-                                 "set --config.optimizer.grad_clip_norm")
+  def update(self, first_step, window):
+    """`window`: the metrics of steps first_step, first_step + 1, ... (step n's update is n+1)."""
+    for step, step_metrics in enumerate(window, start=first_step + 1):
+      for name in ("loss", "grad_norm"):
+        value = float(step_metrics[name])
+        if not math.isfinite(value):
+          raise NonFiniteLossError(
+              f"{name} is {value} at step {step}; the run stopped and its last checkpoint (from "
+              "before this step) is kept. Lower --config.optimizer.learning_rate or set "
+              "--config.optimizer.grad_clip_norm, then relaunch with a new --workdir.")
+      loss = float(step_metrics["loss"])
       self.run = self.run + 1 if abs(loss - self.chance_loss) < self.tolerance else 0
       if self.patience_steps and self.run >= self.patience_steps:
         raise TrainingStuckError(
@@ -210,15 +217,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `stop_at_step` ends this process early (a job-time limit, a test of resuming); relaunching
   with the same workdir continues. Returns the summary also written to `summary.json`.
   """
+  validation.validate(config)  # before anything is compiled or written
   start_time = time.time()
   workdir = epath.Path(workdir)
   is_chief = jax.process_index() == 0
 
   # --- Setup: devices and batch shapes ---------------------------------------------------------
   num_local_devices = jax.local_device_count()
-  if config.batch_size % jax.device_count() or config.eval_batch_size % jax.device_count():
-    raise ConfigError(f"batch_size {config.batch_size} and eval_batch_size "
-                     f"{config.eval_batch_size} must divide by the {jax.device_count()} devices")
   per_host_batch = config.batch_size // jax.process_count()
   logging.info("Devices: %d (%d local, process %d of %d), platform %s", jax.device_count(),
                num_local_devices, jax.process_index(), jax.process_count(),
@@ -269,8 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       for step in range(first_step, last_step))
 
   # --- The loop --------------------------------------------------------------------------------
-  stuck = StuckLossDetector(dataset.num_classes, config.stuck_loss_steps,
-                            config.stuck_loss_tolerance)
+  guard = LossGuard(dataset.num_classes, config.stuck_loss_steps, config.stuck_loss_tolerance)
   pending, window_start, window_time = [], first_step, time.time()
   test, test_step, throughputs = None, None, []
   with (_progress_bar(first_step, total_steps, disable=not is_chief) as progress,
@@ -278,12 +282,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     for step in range(first_step, last_step):
       state, step_metrics = p_train_step(state, next(batches))
       pending.append(step_metrics)
-      checkpointing.save(manager, step + 1, state)
       done = step + 1 == last_step
       is_eval = config.eval_every_steps and ((step + 1) % config.eval_every_steps == 0 or done)
-      if (step + 1) % config.log_every_steps == 0 or done or is_eval:
+      is_checkpoint = manager.should_save(step + 1)
+      if (step + 1) % config.log_every_steps == 0 or done or is_eval or is_checkpoint:
         window = jax.device_get(pending)
-        stuck.update(window_start, [float(w["loss"]) for w in window])
+        # Before any checkpoint of this state: a NaN state must never replace a good checkpoint.
+        guard.update(window_start, window)
         images_per_s = len(window) * config.batch_size / (time.time() - window_time)
         record = {"step": step + 1, "epoch": (step + 1) / steps_per_epoch,
                   "images_per_s": round(images_per_s, 1),
@@ -297,6 +302,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_s:.0f}")
         progress.update(len(window))
         pending, window_start, window_time = [], step + 1, time.time()
+        checkpointing.save(manager, step + 1, state)
   checkpointing.save(manager, last_step, state, force=True)
   manager.wait_until_finished()
   manager.close()

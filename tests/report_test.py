@@ -82,7 +82,7 @@ def test_report_tells_a_real_difference_from_noise(tmp_path):
   assert gap["paper_test_error"] == 10.41
   verdicts = {(c["a"], c["b"]): c["verdict"] for c in summary["comparisons"]}
   assert verdicts[("gap", "fc")] == "gap has lower error than fc"
-  assert verdicts[("gap", "fc_dropout")].startswith("cannot tell apart with 3 seeds")
+  assert verdicts[("gap", "fc_dropout")].startswith("not established with 3 seeds")
   pair = summary["comparisons"][0]
   assert pair["mean_difference"] == pytest.approx(-2.0333, abs=1e-4)
   assert pair["paired_p"] == pytest.approx(stats.ttest_rel([10.0, 10.2, 10.1],

@@ -67,14 +67,18 @@ def test_stuck_loss_stops_the_run_with_a_message(tmp_path):
   assert "classifier_lr_multiplier=0.1" in str(e.value)
 
 
-def test_stuck_detector_counts_consecutive_steps_only():
-  detector = train.StuckLossDetector(num_classes=10, patience_steps=3, tolerance=1e-3)
+def test_loss_guard_counts_consecutive_steps_only():
+  guard = train.LossGuard(num_classes=10, patience_steps=3, tolerance=1e-3)
   chance = math.log(10)
-  detector.update(0, [chance, chance, 1.0, chance, chance])  # interrupted: no stop
-  with pytest.raises(TrainingStuckError, match="step 5"):
-    detector.update(5, [chance + 5e-4])
-  with pytest.raises(NonFiniteLossError, match="step 7"):
-    train.StuckLossDetector(10, 0, 1e-3).update(6, [1.0, float("nan")])
+  def window(*losses):
+    return [{"loss": loss, "grad_norm": 1.0} for loss in losses]
+  guard.update(0, window(chance, chance, 1.0, chance, chance))  # interrupted: no stop
+  with pytest.raises(TrainingStuckError, match="step 6"):
+    guard.update(5, window(chance + 5e-4))
+  with pytest.raises(NonFiniteLossError, match="loss is nan at step 8"):
+    train.LossGuard(10, 0, 1e-3).update(6, window(1.0, float("nan")))
+  with pytest.raises(NonFiniteLossError, match="grad_norm is inf at step 7"):
+    train.LossGuard(10, 0, 1e-3).update(6, [{"loss": 1.0, "grad_norm": float("inf")}])
 
 
 def test_learning_rate_multipliers_follow_the_authors_files():
