@@ -18,6 +18,8 @@ flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the summary go he
                     required=True)
 flags.DEFINE_list("arm", None, "For an ablation config: run only these arms (comma-separated), "
                   "for example --arm=fc, so that several machines can share a sweep.")
+flags.DEFINE_bool("overwrite", False, "Start over in a --workdir that holds a run of another "
+                  "config (its checkpoints, metrics and summary are deleted).")
 flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() with no arguments, as "
                   "on a Cloud TPU pod slice (it finds its peers itself).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process runs "
@@ -52,9 +54,10 @@ def main(argv):
     sys.exit("error: --arm needs an ablation config, such as experiments/ablate_head.py")
   try:
     if "ablation" in config:  # every arm x seed, then the report
-      sweep.run_sweep(config, flags.FLAGS.workdir, only_arms=flags.FLAGS.arm)
+      sweep.run_sweep(config, flags.FLAGS.workdir, only_arms=flags.FLAGS.arm,
+                      overwrite=flags.FLAGS.overwrite)
     else:
-      train.train_and_evaluate(config, flags.FLAGS.workdir)
+      train.train_and_evaluate(config, flags.FLAGS.workdir, overwrite=flags.FLAGS.overwrite)
   except NinError as e:  # bad input or a run that cannot go on: one line, no traceback
     sys.exit(f"error: {e}")
 

@@ -5,9 +5,12 @@ entry of its own: the batch of a step is a function of (seed, step) (see data.tr
 """
 import logging
 
+import jax
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from etils import epath
+
+from nin_jax.errors import CheckpointError
 
 
 class _QuietOrbax(logging.Filter):
@@ -22,18 +25,49 @@ def quiet_orbax_logs():
 
 
 def create_manager(workdir, *, every_steps: int, keep: int) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(save_interval_steps=every_steps, max_to_keep=keep,
-                                         create=True)
+  # Every `every_steps` steps exactly (orbax would also save the first step by default), and
+  # cleanup_tmp_directories: a write cut short by a kill leaves a tmp folder; drop it at start.
+  options = ocp.CheckpointManagerOptions(
+      save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
+      max_to_keep=keep, create=True, cleanup_tmp_directories=True)
   return ocp.CheckpointManager(epath.Path(workdir) / "checkpoints", options=options)
 
 
-def restore_latest(manager: ocp.CheckpointManager, state):
-  """The latest checkpoint, restored into the structure (and shardings) of `state`; else `state`."""
-  step = manager.latest_step()
-  if step is None:
-    return state
-  logging.info("Resuming from checkpoint at step %d in %s", step, manager.directory)
-  return manager.restore(step, args=ocp.args.StandardRestore(state))
+def restore_latest(manager: ocp.CheckpointManager, state, workdir):
+  """The newest readable checkpoint, restored into the structure (and shardings) of `state`.
+
+  An unreadable checkpoint (a truncated or damaged file) is skipped with a warning that names it,
+  and moved to `<workdir>/damaged_checkpoints/` so that its step can be written again; the next
+  older one is tried. Returns `state` itself only when there is no checkpoint at all: with
+  checkpoints present but none readable, it raises rather than silently start from scratch.
+  """
+  steps = sorted(manager.all_steps(), reverse=True)
+  damaged = []
+  for step in steps:
+    try:
+      restored = manager.restore(step, args=ocp.args.StandardRestore(state))
+    except Exception as e:  # orbax/tensorstore raise many types for damaged files
+      logging.warning("Checkpoint step %d in %s is unreadable, skipped (%s: %s)", step,
+                      manager.directory, type(e).__name__, str(e).splitlines()[0][:200])
+      damaged.append(step)
+      continue
+    if damaged:
+      _move_aside(manager, damaged, epath.Path(workdir) / "damaged_checkpoints")
+    logging.info("Resuming from checkpoint step %d in %s", step, manager.directory)
+    return restored
+  if steps:
+    raise CheckpointError(f"none of the {len(steps)} checkpoints in {manager.directory} "
+                          f"(steps {steps}) can be read; move that folder aside to start over")
+  return state
+
+
+def _move_aside(manager, steps, destination):
+  if jax.process_index() == 0:
+    destination.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      (epath.Path(manager.directory) / str(step)).rename(destination / f"step_{step}")
+    logging.warning("Moved damaged checkpoint steps %s to %s", steps, destination)
+  manager.reload()
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = False):

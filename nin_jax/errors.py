@@ -22,3 +22,7 @@ class TrainingStuckError(NinError, RuntimeError):
 
 class NonFiniteLossError(NinError, RuntimeError):
   """The loss became NaN or Inf."""
+
+
+class CheckpointError(NinError, RuntimeError):
+  """Checkpoints exist but none can be restored."""

@@ -129,6 +129,10 @@ class NIN(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     init = nn.initializers.normal(self.init_stddev)
+    last_width = self.blocks[-1].widths[-1] or self.num_classes
+    if self.head == "gap" and last_width != self.num_classes:
+      raise ConfigError(f"GAP head: the last block's last width {last_width} is not num_classes "
+                        f"{self.num_classes}; GAP needs one map per class (width 0 means that)")
     for index, block in enumerate(self.blocks):
       is_last = index == len(self.blocks) - 1
       widths = tuple(w or self.num_classes for w in block.widths)

@@ -68,8 +68,11 @@ def is_finished(run_dir) -> bool:
   return summary.exists() and json.loads(summary.read_text()).get("finished", False)
 
 
-def run_sweep(config, workdir, only_arms=None):
-  """Runs what is left of the sweep, then writes the report from all runs on disk."""
+def run_sweep(config, workdir, only_arms=None, overwrite=False):
+  """Runs what is left of the sweep, then writes the report from all runs on disk.
+
+  `overwrite` starts every selected run over, finished ones included.
+  """
   workdir = epath.Path(workdir)
   validation.validate_ablation(config)
   runs = expand(config, only_arms)
@@ -84,10 +87,10 @@ def run_sweep(config, workdir, only_arms=None):
         "dataset": config.dataset}, indent=2))
   for index, run in enumerate(runs, start=1):
     run_dir = workdir / run.subdir
-    if is_finished(run_dir):
+    if is_finished(run_dir) and not overwrite:
       logging.info("Run %d/%d %s: finished earlier, skipped", index, len(runs), run.subdir)
       continue
     logging.info("Run %d/%d %s", index, len(runs), run.subdir)
-    train.train_and_evaluate(run.config, run_dir)
+    train.train_and_evaluate(run.config, run_dir, overwrite=overwrite)
   if jax.process_index() == 0:
     return report.write_report(workdir)

@@ -6,6 +6,7 @@ Device mapping lives in one place, `map_over_devices`: the global batch is split
 device (of every host); the train state is passed replicated (`in_axes=None`) and comes back
 replicated (`out_axes=None`), since current JAX implements `jax.pmap` as `jit` over `shard_map`.
 """
+import contextlib
 import functools
 import json
 import logging
@@ -22,6 +23,7 @@ from etils import epath
 from jax import lax
 
 from nin_jax import checkpointing, data, metrics, models, validation
+from nin_jax import workdir as run_workdir
 from nin_jax.errors import ConfigError, NonFiniteLossError, TrainingStuckError
 
 AXIS = "batch"  # the pmapped device axis
@@ -211,11 +213,12 @@ def flops_per_image(model, params, image_shape):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       stop_at_step: int | None = None) -> dict:
+                       stop_at_step: int | None = None, overwrite: bool = False) -> dict:
   """Trains, evaluates, checkpoints into `workdir`; resumes from its latest checkpoint.
 
   `stop_at_step` ends this process early (a job-time limit, a test of resuming); relaunching
-  with the same workdir continues. Returns the summary also written to `summary.json`.
+  with the same workdir continues. `overwrite` starts over in a workdir that holds another run.
+  Returns the summary also written to `summary.json`.
   """
   validation.validate(config)  # before anything is compiled or written
   start_time = time.time()
@@ -253,13 +256,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=train_rng)
   logging.info("Model: %s, head %s, %s parameters", m.preset, m.head, f"{num_params:,}")
 
-  # --- Restore ---------------------------------------------------------------------------------
+  # --- Workdir and restore -----------------------------------------------------------------------
+  lock = None
   if is_chief:
     workdir.mkdir(parents=True, exist_ok=True)
+    lock = run_workdir.lock(workdir)  # held until this process ends
+    run_workdir.check_or_clear(workdir, config, overwrite)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
   manager = checkpointing.create_manager(workdir, every_steps=config.checkpoint_every_steps,
                                          keep=config.keep_checkpoints)
-  state = checkpointing.restore_latest(manager, state)
+  state = checkpointing.restore_latest(manager, state, workdir)
   first_step = int(state.step)
 
   # --- The steps -------------------------------------------------------------------------------
@@ -277,7 +283,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   guard = LossGuard(dataset.num_classes, config.stuck_loss_steps, config.stuck_loss_tolerance)
   pending, window_start, window_time = [], first_step, time.time()
   test, test_step, throughputs = None, None, []
-  with (_progress_bar(first_step, total_steps, disable=not is_chief) as progress,
+  # On any exit, finish the checkpoint writes in flight: a stopped run keeps its last good state.
+  with (contextlib.closing(manager),
+        _progress_bar(first_step, total_steps, disable=not is_chief) as progress,
         metrics.MetricsWriter(workdir, enabled=is_chief) as writer):
     for step in range(first_step, last_step):
       state, step_metrics = p_train_step(state, next(batches))
@@ -303,9 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         progress.update(len(window))
         pending, window_start, window_time = [], step + 1, time.time()
         checkpointing.save(manager, step + 1, state)
-  checkpointing.save(manager, last_step, state, force=True)
-  manager.wait_until_finished()
-  manager.close()
+    checkpointing.save(manager, last_step, state, force=True)
 
   # --- Summary ---------------------------------------------------------------------------------
   if test_step != last_step:
@@ -322,6 +328,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              "platform": jax.devices()[0].platform, "seed": config.seed}
   if is_chief:
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if lock:
+      lock.close()
   logging.info("Summary: test accuracy %.2f%% (error %.2f%%), %s parameters, %.1f s, step %d/%d",
                100 * summary["test_accuracy"], summary["test_error_percent"],
                f"{num_params:,}", summary["wall_time_s"], summary["step"], total_steps)

@@ -1,0 +1,85 @@
+"""Guards on a run's workdir: one launch at a time, and one config per workdir."""
+import fcntl
+import json
+import os
+
+from etils import epath
+
+from nin_jax.errors import ConfigError
+
+# Fields that do not change what is trained: a run may resume with other values.
+BOOKKEEPING = {"data_dir", "download", "log_every_steps", "eval_every_steps",
+               "checkpoint_every_steps", "keep_checkpoints"}
+RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "config.json")
+
+
+class WorkdirInUseError(ConfigError):
+  """Another launch holds the workdir's lock."""
+
+
+def lock(workdir):
+  """Takes `workdir/.lock` for this process's lifetime (the OS drops it if the process dies).
+
+  Returns the open lock file; keep it referenced. Object stores (gs://) have no locks: there the
+  guard is skipped.
+  """
+  path = epath.Path(workdir)
+  if "://" in os.fspath(workdir):
+    return None
+  handle = open(path / ".lock", "a+")
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.seek(0)
+    holder = handle.read().strip() or "another process"
+    handle.close()
+    raise WorkdirInUseError(f"workdir {workdir} is in use by {holder}; wait for that launch to "
+                            "finish, or pick another --workdir") from None
+  handle.seek(0)
+  handle.truncate()
+  handle.write(f"pid {os.getpid()}\n")
+  handle.flush()
+  return handle
+
+
+def _flatten(tree, prefix=""):
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def differing_fields(saved: dict, config: dict) -> list[str]:
+  """Dotted names of the fields whose values differ, bookkeeping fields aside."""
+  old, new = _flatten(saved), _flatten(json.loads(json.dumps(config)))  # tuples -> lists
+  return sorted(k for k in old.keys() | new.keys()
+                if k not in BOOKKEEPING and old.get(k) != new.get(k))
+
+
+def check_or_clear(workdir, config, overwrite: bool):
+  """Refuses a workdir that holds a run of another config, unless `overwrite` (then clears it)."""
+  path = epath.Path(workdir)
+  saved = path / "config.json"
+  if overwrite:
+    for name in RUN_FILES:
+      target = path / name
+      if target.is_dir():
+        target.rmtree()
+      elif target.exists():
+        target.unlink()
+    for events in path.glob("events.out.tfevents.*"):
+      events.unlink()
+    return
+  if not saved.exists():
+    return
+  fields = differing_fields(json.loads(saved.read_text()), config.to_dict())
+  if fields:
+    old = _flatten(json.loads(saved.read_text()))
+    new = _flatten(json.loads(json.dumps(config.to_dict())))
+    shown = ", ".join(f"{k} ({old.get(k)!r} there, {new.get(k)!r} now)" for k in fields[:6])
+    raise ConfigError(f"workdir {workdir} holds a run with another config: {shown}. Relaunch "
+                      "with that config to resume it, pick a new --workdir, or pass --overwrite "
+                      "to start over in this one")

@@ -1,0 +1,217 @@
+"""Reliability: kill -9 and resume bit for bit, damaged checkpoints, NaN guard, bad configs,
+workdir safety."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import REPO, digits_config, final_params, flatten, run_launch
+
+from nin_jax import data, train, validation
+from nin_jax import workdir as run_workdir
+from nin_jax.errors import CheckpointError, ConfigError, DataError, NonFiniteLossError
+
+# 2 epochs of the digits (44 steps), a checkpoint every 3 steps, dropout and crops on.
+KILL_RUN = ["--config=experiments/default.py:digits", "--config.num_epochs=2",
+            "--config.checkpoint_every_steps=3", "--config.log_every_steps=1",
+            "--config.eval_every_steps=0"]
+
+
+def _steps_logged(workdir):
+  path = workdir / "metrics.jsonl"
+  return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_kill_9_at_random_steps_then_relaunch_is_bit_identical(tmp_path):
+  reference = run_launch(*KILL_RUN, f"--workdir={tmp_path / 'reference'}", devices=2)
+  assert reference.returncode == 0, reference.stderr[-2000:]
+  expected = flatten(final_params(tmp_path / "reference"))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  trials = random.Random(0).sample(range(2, 40), 3)
+  for kill_after in trials:
+    workdir = tmp_path / f"killed_at_{kill_after}"
+    process = subprocess.Popen([sys.executable, "launch.py", *KILL_RUN, f"--workdir={workdir}"],
+                               cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while _steps_logged(workdir) < kill_after and process.poll() is None:
+      assert time.time() < deadline
+      time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = _steps_logged(workdir)
+    assert killed_at < 44, "the run finished before it could be killed"
+    resumed = run_launch(*KILL_RUN, f"--workdir={workdir}", devices=2)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    actual = flatten(final_params(workdir))
+    for name in expected:
+      assert actual[name].tobytes() == expected[name].tobytes(), (kill_after, killed_at, name)
+    print(f"killed after step {killed_at}; resumed run bit-identical")
+
+
+def _checkpoint_steps(workdir):
+  return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def _truncate_largest_file(directory):
+  largest = max((p for p in directory.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  with open(largest, "r+b") as f:
+    f.truncate(largest.stat().st_size // 3)
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_newest_valid_one(tmp_path, caplog):
+  config = digits_config(checkpoint_every_steps=4, keep_checkpoints=5)
+  train.train_and_evaluate(config, tmp_path / "straight")
+  workdir = tmp_path / "damaged"
+  train.train_and_evaluate(config, workdir, stop_at_step=10)  # checkpoints 4, 8, 10
+  assert _checkpoint_steps(workdir) == [4, 8, 10]
+  _truncate_largest_file(workdir / "checkpoints" / "10")
+  # an interrupted write leaves a temporary folder behind; it must not count either
+  (workdir / "checkpoints" / "12.orbax-checkpoint-tmp-1234").mkdir()
+  with caplog.at_level("WARNING"):
+    summary = train.train_and_evaluate(config, workdir)
+  assert "Checkpoint step 10" in caplog.text and "unreadable, skipped" in caplog.text
+  assert summary["finished"]
+  assert (workdir / "damaged_checkpoints" / "step_10").is_dir()
+  a, b = flatten(final_params(tmp_path / "straight")), flatten(final_params(workdir))
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_no_silent_restart_when_every_checkpoint_is_damaged(tmp_path):
+  config = digits_config(checkpoint_every_steps=4)
+  train.train_and_evaluate(config, tmp_path, stop_at_step=8)
+  for step in _checkpoint_steps(tmp_path):
+    _truncate_largest_file(tmp_path / "checkpoints" / str(step))
+  with pytest.raises(CheckpointError, match="can be read; move that folder aside"):
+    train.train_and_evaluate(config, tmp_path)
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+  config = digits_config(num_epochs=4.0, checkpoint_every_steps=2, log_every_steps=50,
+                         keep_checkpoints=100)
+  config.optimizer.learning_rate = 1e4
+  config.optimizer.classifier_lr_multiplier = 1.0
+  with pytest.raises(NonFiniteLossError, match=r"(loss|grad_norm) is (nan|inf) at step (\d+)") as e:
+    train.train_and_evaluate(config, tmp_path)
+  bad_step = int(e.value.args[0].split(" at step ")[1].split(";")[0])
+  steps = _checkpoint_steps(tmp_path)
+  assert steps and max(steps) < bad_step
+  params = flatten(final_params(tmp_path))
+  assert all(np.isfinite(p).all() for p in params.values())
+
+
+BAD_CONFIGS = [
+    ({"dataset": "cifar11"}, "dataset"),
+    ({"preprocess": "zca"}, "preprocess"),
+    ({"model.preset": "nin_cifra"}, "model.preset"),
+    ({"model.head": "gpa"}, "model.head"),
+    ({"optimizer.schedule": "linear"}, "optimizer.schedule"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": 66}, "does not divide by the 4 devices"),
+    ({"eval_batch_size": 130}, "eval_batch_size=130 does not divide"),
+    ({"num_epochs": -1.0}, "num_epochs"),
+    ({"optimizer.learning_rate": 0.0}, "learning_rate"),
+    ({"optimizer.momentum": 1.0}, "momentum"),
+    ({"optimizer.weight_decay": -1e-4}, "weight_decay"),
+    ({"model.num_1x1": -1}, "num_1x1"),
+    ({"model.dropout": 1.0}, "dropout"),
+    ({"augment.crop_padding": -2}, "crop_padding"),
+    ({"checkpoint_every_steps": 0}, "checkpoint_every_steps"),
+    ({"keep_checkpoints": 0}, "keep_checkpoints"),
+    ({"optimizer.decay_epochs": (30, 20)}, "decay_epochs"),
+    ({"dataset": "npz"}, "npz_path"),
+    ({"model.init_stddev": 0.0}, "init_stddev"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", BAD_CONFIGS,
+                         ids=[next(iter(o)) + "=" + str(next(iter(o.values()))) for o, _ in BAD_CONFIGS])
+def test_bad_config_is_one_clear_error(overrides, message, tmp_path):
+  config = digits_config(**overrides)
+  with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    validation.validate(config)
+  # and train_and_evaluate refuses it before writing anything
+  with pytest.raises(ConfigError):
+    train.train_and_evaluate(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
+
+
+def test_gap_head_whose_last_width_is_not_num_classes():
+  from nin_jax import models
+  blocks = (models.BlockSpec((8, 8, 7), kernel=3, padding=1),)
+  with pytest.raises(ConfigError, match="last width 7 is not num_classes 10"):
+    models.NIN(blocks=blocks, num_classes=10).init(
+        __import__("jax").random.PRNGKey(0), np.zeros((1, 4, 4, 1)), train=False)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.model.haed=fc"], "error: --config has no field 'haed'; did you mean head"),
+    (["--config.batch_size=abc"], "error: flag --config.batch_size=abc: invalid literal"),
+    (["--config.num_epochs=soon"], "error: flag --config.num_epochs=soon"),
+    (["--config.data_dir=/no/such/dir", "--config.dataset=cifar10"],
+     "error: data_dir '/no/such/dir' does not exist"),
+    (["--arm=fc"], "error: --arm needs an ablation config"),
+])
+def test_bad_flags_are_one_line_and_non_zero(args, message, tmp_path):
+  result = run_launch("--config=experiments/default.py:digits", f"--workdir={tmp_path / 'w'}",
+                      *args, timeout=120)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-500:]
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_config_file_errors_are_one_line(tmp_path):
+  for config, message in [("experiments/nope.py", "No such file or directory"),
+                          ("experiments/default.py:digitz", "unknown variant 'digitz'")]:
+    result = run_launch(f"--config={config}", f"--workdir={tmp_path}", timeout=120)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, last
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"x_train": np.zeros((20, 6, 6), np.uint8)}, "must be uint8 NHWC"),
+    ({"y_test": np.array(["a"] * 7)}, "must be a 1-D integer array"),
+    ({"x_test": np.zeros((5, 6, 6, 3), np.uint8)}, "5 images but y_test 7"),
+])
+def test_more_bad_npz_files(tmp_path, changes, message):
+  from data_test import write_npz
+  path = write_npz(tmp_path / "bad.npz", **changes)
+  with pytest.raises(DataError, match=message):
+    data.load_dataset(digits_config(dataset="npz", npz_path=path))
+
+
+def test_workdir_with_another_config_is_refused_unless_overwrite(tmp_path):
+  train.train_and_evaluate(digits_config(), tmp_path, stop_at_step=3)
+  other = digits_config(batch_size=128)
+  other.optimizer.learning_rate = 0.2
+  with pytest.raises(ConfigError, match=r"another config: batch_size \(64 there, 128 now\), "
+                                        r"optimizer\.learning_rate"):
+    train.train_and_evaluate(other, tmp_path)
+  assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 64  # untouched
+  # bookkeeping fields may change on resume
+  train.train_and_evaluate(digits_config(log_every_steps=2), tmp_path, stop_at_step=4)
+  summary = train.train_and_evaluate(other, tmp_path, overwrite=True)
+  assert summary["finished"] and summary["step"] == round(0.5 * (1438 // 128))  # from step 0
+  assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 128
+
+
+def test_second_concurrent_launch_is_refused(tmp_path):
+  tmp_path.mkdir(exist_ok=True)
+  held = run_workdir.lock(tmp_path)  # as a first launch would
+  try:
+    result = run_launch("--config=experiments/default.py:digits", f"--workdir={tmp_path}",
+                        timeout=120)
+  finally:
+    held.close()
+  assert result.returncode != 0
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: workdir {tmp_path} is in use by pid {os.getpid()}"), last
+  assert not (tmp_path / "checkpoints").exists()
