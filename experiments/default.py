@@ -31,6 +31,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.data_dir = config_dict.placeholder(str)  # TFDS data_dir; gs://... works on Cloud TPU
   config.download = False     # let TFDS download when the data is missing (needs internet)
   config.npz_path = ""        # for dataset=npz: x_train, y_train, x_test, y_test
+  # Contiguous parts of the training set that every batch draws from equally; 0: one per host.
+  # Fix it (to a multiple of the host count) to train identically on different host counts.
+  config.data_shards = 0
   config.synthetic = ml_collections.ConfigDict(
       dict(image_shape=(32, 32, 3), num_classes=10, num_train=50_000, num_test=10_000))
   # The authors' preprocessing: global contrast normalisation, then ZCA whitening fitted on the

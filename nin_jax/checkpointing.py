@@ -77,16 +77,24 @@ def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = Fals
   """
   if step == manager.latest_step():
     return False
+  if jax.process_count() > 1:
+    # pmap's replicated outputs live on this host's devices only; orbax writes global arrays.
+    state = jax.tree.map(ocp.utils.fully_replicated_host_local_array_to_global_array, state)
   return manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
 
 def restore_params(workdir):
   """The params of the latest checkpoint in `workdir`, as saved, without building a train state."""
-  manager = ocp.CheckpointManager(epath.Path(workdir) / "checkpoints")
+  manager = ocp.CheckpointManager(epath.Path(workdir) / "checkpoints",
+                                  item_handlers=ocp.StandardCheckpointHandler())
   try:
     step = manager.latest_step()
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: has this run started?")
-    return manager.restore(step, args=ocp.args.StandardRestore())["params"]
+    # Restore onto this process's first device, whatever devices and hosts wrote it.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          manager.item_metadata(step))
+    return manager.restore(step, args=ocp.args.StandardRestore(target))["params"]
   finally:
     manager.close()

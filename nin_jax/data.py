@@ -9,8 +9,14 @@ host memory as NHWC arrays. That keeps the input path simple and fast:
 
 Sources (`config.dataset`): the TFDS datasets in `TFDS_DATASETS`; `digits`, the 1,797 8x8
 handwritten digits that ship inside scikit-learn (no network); `npz`, your own arrays; and
-`synthetic`, random images for speed measurement. With several hosts, each host loads and
-iterates over its own shard only (`jax.process_index()` of `jax.process_count()`).
+`synthetic`, random images for speed measurement.
+
+Several hosts: each host loads only its own contiguous shard of every split (`host_range`). The
+training order does not depend on the number of hosts or devices: the examples fall into
+`num_parts` contiguous parts (`config.data_shards`), each global batch takes the same number of
+examples from every part, in a per-part order drawn from (seed, epoch, part), and host h feeds the
+parts it holds. So 2 hosts x 2 devices train exactly as 1 host x 4 devices with the same parts.
+Preprocessing statistics are summed over all hosts, so every host normalises alike.
 """
 import dataclasses
 import os
@@ -21,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nin_jax.errors import DataError
+from nin_jax.errors import ConfigError, DataError
 
 TFDS_DATASETS = ("cifar10", "cifar100", "svhn_cropped", "mnist")
 SOURCES = TFDS_DATASETS + ("digits", "npz", "synthetic")
@@ -44,14 +50,21 @@ class Dataset:
 # Sources: each returns this host's shard as a Dataset of uint8 images and integer labels.
 # ----------------------------------------------------------------------------------------------
 
-def _host_shard(array):
-  return array[jax.process_index()::jax.process_count()]
+def part_bounds(num_examples, num_parts, part):
+  """[start, end) of part `part` when `num_examples` are cut into `num_parts` contiguous parts."""
+  return num_examples * part // num_parts, num_examples * (part + 1) // num_parts
+
+
+def host_range(num_examples):
+  """The contiguous slice of a split that this host loads."""
+  return part_bounds(num_examples, jax.process_count(), jax.process_index())
 
 
 def _sharded(x_train, y_train, x_test, y_test, num_classes):
   """A Dataset of this host's shard of whole arrays."""
-  return Dataset(_host_shard(x_train), _host_shard(y_train.astype(np.int32)), _host_shard(x_test),
-                 _host_shard(y_test.astype(np.int32)), num_classes, len(x_train), len(x_test))
+  train, test = slice(*host_range(len(x_train))), slice(*host_range(len(x_test)))
+  return Dataset(x_train[train], y_train[train].astype(np.int32), x_test[test],
+                 y_test[test].astype(np.int32), num_classes, len(x_train), len(x_test))
 
 
 def load_tfds(name, data_dir, download):
@@ -77,11 +90,13 @@ def load_tfds(name, data_dir, download):
                       "machine with internet and copy data_dir here, or use "
                       "--config.dataset=digits.") from None
 
-  def split(name):  # this host's part of the split only
-    return tfds.as_numpy(builder.as_dataset(
-        split=tfds.split_for_jax_process(name), batch_size=-1, as_supervised=True))
-
   splits = builder.info.splits
+
+  def split(name):  # this host's part of the split only
+    start, end = host_range(splits[name].num_examples)
+    return tfds.as_numpy(builder.as_dataset(
+        split=f"{name}[{start}:{end}]", batch_size=-1, as_supervised=True))
+
   return Dataset(*split("train"), *split("test"), builder.info.features["label"].num_classes,
                  splits["train"].num_examples, splits["test"].num_examples)
 
@@ -148,10 +163,22 @@ def load_synthetic(image_shape, num_classes, num_train, num_test, seed=0):
 # Preprocessing, fitted on the training split only.
 # ----------------------------------------------------------------------------------------------
 
+def sum_over_hosts(arrays):
+  """Sums a list of numpy arrays over all hosts (identity on one host)."""
+  if jax.process_count() == 1:
+    return arrays
+  from jax.experimental import multihost_utils
+  gathered = multihost_utils.process_allgather([a.astype(np.float32) for a in arrays])
+  return [np.asarray(g, np.float64).sum(axis=0) for g in gathered]
+
+
 def fit_mean_std(x_train):
-  """Per-channel mean and std of the training images; returns the normalising function."""
+  """Per-channel mean and std of the training images (of all hosts); the normalising function."""
   pixels = x_train.reshape(-1, x_train.shape[-1]).astype(np.float64)
-  mean, std = pixels.mean(0), pixels.std(0) + 1e-8
+  count, total, squares = sum_over_hosts(
+      [np.array([len(pixels)], np.float64), pixels.sum(0), (pixels ** 2).sum(0)])
+  mean = total / count
+  std = np.sqrt(np.maximum(squares / count - mean ** 2, 0)) + 1e-8
   return lambda x: ((x - mean) / std).astype(np.float32)
 
 
@@ -166,9 +193,10 @@ def global_contrast_normalize(x, scale=55.0, min_divisor=1e-8):
 def fit_gcn_zca(x_train, filter_bias=0.1):
   """GCN then ZCA whitening (pylearn2's ZCA, filter_bias 0.1), fitted on the training split."""
   flat = global_contrast_normalize(x_train)
-  mean = flat.mean(axis=0)
-  centred = flat - mean
-  eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred / len(centred))
+  count, total, products = sum_over_hosts(
+      [np.array([len(flat)], np.float64), flat.sum(axis=0), flat.T @ flat])
+  mean = total / count
+  eigenvalues, eigenvectors = np.linalg.eigh(products / count - np.outer(mean, mean))
   whiten = (eigenvectors / np.sqrt(eigenvalues + filter_bias)) @ eigenvectors.T
   def apply(x):
     return ((global_contrast_normalize(x) - mean) @ whiten).astype(np.float32).reshape(x.shape)
@@ -207,16 +235,44 @@ def _per_device(array, num_devices):
   return array.reshape(num_devices, -1, *array.shape[1:])
 
 
-def train_batch(dataset, step, batch_size, seed, num_devices):
-  """The host's batch for global step `step`: a function of (seed, step), so resuming is exact.
+def num_parts(data_shards):
+  """Parts of the training order: `data_shards`, or one per host when 0."""
+  parts = data_shards or jax.process_count()
+  if parts % jax.process_count():
+    raise ConfigError(f"--config.data_shards={parts} must be a multiple of the "
+                      f"{jax.process_count()} hosts")
+  return parts
 
-  Each epoch visits the shard in a fresh order, drawn from (seed, epoch); the last partial batch
-  of an epoch is dropped so that every step has the same shape.
+
+def steps_per_epoch(num_examples, batch_size, parts):
+  """Steps that take every part's share of each batch without repeating an example."""
+  if batch_size % parts:
+    raise ConfigError(f"--config.batch_size={batch_size} must divide by the {parts} data parts "
+                      "(--config.data_shards)")
+  smallest = min(end - start for start, end in
+                 (part_bounds(num_examples, parts, p) for p in range(parts)))
+  return smallest // (batch_size // parts)
+
+
+def train_batch(dataset, step, batch_size, seed, num_devices, parts=1):
+  """This host's share of the global batch of step `step` (`batch_size` is the global batch).
+
+  A function of (seed, step) alone, so a resumed run sees exactly the examples an uninterrupted
+  one would. Each epoch visits every part in a fresh order drawn from (seed, epoch, part); the
+  examples left over at the end of an epoch are skipped so that every step has the same shape.
   """
-  steps_per_epoch = len(dataset.x_train) // batch_size
-  epoch, index = divmod(step, steps_per_epoch)
-  order = np.random.default_rng([seed, epoch]).permutation(len(dataset.x_train))
-  rows = np.sort(order[index * batch_size:(index + 1) * batch_size])  # sorted: faster gather
+  per_part = batch_size // parts
+  epoch, index = divmod(step, steps_per_epoch(dataset.num_train_examples, batch_size, parts))
+  host_start = host_range(dataset.num_train_examples)[0]
+  parts_per_host = parts // jax.process_count()
+  rows = []
+  for part in range(jax.process_index() * parts_per_host,
+                    (jax.process_index() + 1) * parts_per_host):
+    start, end = part_bounds(dataset.num_train_examples, parts, part)
+    order = np.random.default_rng([seed, epoch, part]).permutation(end - start)
+    chosen = np.sort(order[index * per_part:(index + 1) * per_part])  # sorted: faster gather
+    rows.append(chosen + start - host_start)
+  rows = np.concatenate(rows)
   return {"image": _per_device(dataset.x_train[rows], num_devices),
           "label": _per_device(dataset.y_train[rows], num_devices)}
 

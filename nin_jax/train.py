@@ -227,7 +227,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- Setup: devices and batch shapes ---------------------------------------------------------
   num_local_devices = jax.local_device_count()
-  per_host_batch = config.batch_size // jax.process_count()
   logging.info("Devices: %d (%d local, process %d of %d), platform %s", jax.device_count(),
                num_local_devices, jax.process_index(), jax.process_count(),
                jax.devices()[0].platform)
@@ -235,7 +234,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --- Data ------------------------------------------------------------------------------------
   dataset = data.load_dataset(config)
   # Every host runs the same number of steps, so count epochs on the global batch.
-  steps_per_epoch = dataset.num_train_examples // config.batch_size
+  parts = data.num_parts(config.data_shards)
+  steps_per_epoch = data.steps_per_epoch(dataset.num_train_examples, config.batch_size, parts)
   if steps_per_epoch < 1:
     raise ConfigError(f"batch_size {config.batch_size} exceeds the {dataset.num_train_examples} "
                      "training examples; lower --config.batch_size")
@@ -276,7 +276,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   last_step = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
   last_step = max(first_step, last_step)  # a finished run relaunched: nothing left to do
   batches = data.prefetch(
-      data.train_batch(dataset, step, per_host_batch, config.seed, num_local_devices)
+      data.train_batch(dataset, step, config.batch_size, config.seed, num_local_devices, parts)
       for step in range(first_step, last_step))
 
   # --- The loop --------------------------------------------------------------------------------

@@ -143,11 +143,17 @@ def test_train_batches_depend_on_seed_and_step_only_and_cover_each_epoch_once():
   # Within an epoch no example comes twice: images that hold their own index show it.
   indexed = data.Dataset(np.arange(100, dtype=np.float32).reshape(100, 1, 1, 1), np.zeros(100),
                          None, None, num_classes=1, num_train_examples=100, num_test_examples=0)
-  epoch = np.concatenate([data.train_batch(indexed, s, 16, 3, 2)["image"].reshape(-1)
-                          for s in range(6)])  # 6 x 16 = 96 of 100
-  assert len(np.unique(epoch)) == 96
-  next_epoch = data.train_batch(indexed, 6, 16, 3, 2)["image"].reshape(-1)
-  assert not np.array_equal(next_epoch, epoch[:16])  # a fresh order each epoch
+  for parts in (1, 2, 4):
+    assert data.steps_per_epoch(100, 16, parts) == 6  # 6 x 16 = 96 of 100
+    epoch = np.concatenate([data.train_batch(indexed, s, 16, 3, 2, parts)["image"].reshape(-1)
+                            for s in range(6)])
+    assert len(np.unique(epoch)) == 96
+    next_epoch = data.train_batch(indexed, 6, 16, 3, 2, parts)["image"].reshape(-1)
+    assert not np.array_equal(next_epoch, epoch[:16])  # a fresh order each epoch
+    # each part gives the same share of every batch, from its own contiguous range
+    first = data.train_batch(indexed, 0, 16, 3, 1, parts)["image"].reshape(parts, -1)
+    for part, share in enumerate(first):
+      assert np.all((share >= 100 * part // parts) & (share < 100 * (part + 1) // parts))
 
 
 def test_eval_batches_count_every_example_once():

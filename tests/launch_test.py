@@ -41,5 +41,5 @@ def test_unknown_head_is_one_line(tmp_path):
   result = run_launch("--config=experiments/default.py:digits", f"--workdir={tmp_path}",
                       "--config.model.head=gpa", timeout=120)
   assert result.returncode != 0
-  assert last_line(result) == ("error: unknown head 'gpa'; choose one of "
-                               "('gap', 'fc', 'fc_dropout')")
+  assert last_line(result) == ("error: --config.model.head='gpa' is not one of "
+                               "['gap', 'fc', 'fc_dropout']")

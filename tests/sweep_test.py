@@ -82,10 +82,11 @@ def test_relaunched_sweep_skips_finished_runs_and_resumes_half_done_ones(
   assert (finished / "metrics.jsonl").read_text() == metrics_text
   for subdir in ("gap/seed_0", "gap/seed_1", "fc/seed_0", "fc/seed_1"):
     assert sweep.is_finished(workdir / subdir), subdir
-  # the half-done run continued from its checkpoint at step 4 (saved every 4), not from 0
+  # the half-done run continued from the checkpoint written when it stopped at step 6, not
+  # from 0: logged at checkpoints (every 4), logs (every 5) and ends, no step twice
   steps = [json.loads(line)["step"] for line in
            (workdir / "fc/seed_0/metrics.jsonl").read_text().splitlines()]
-  assert steps == [5, 6, 10, 11]
+  assert steps == [4, 5, 6, 8, 10, 11]
 
 
 def test_report_from_a_tiny_sweep(half_finished_then_resumed):
