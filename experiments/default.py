@@ -50,6 +50,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.fc_hidden = ()          # hidden dense widths of the FC heads
   config.model.relu_on_class_maps = True
   config.model.init_stddev = 0.05      # the authors' N(0, 0.05^2)
+  config.model.dtype = "float32"       # "bfloat16": mixed precision on TPU/GPU (f32 weights)
 
   # --- Optimisation: the authors' recipe in SGD terms (NIN_REFERENCE.md) --------------------------
   config.seed = 0

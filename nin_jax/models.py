@@ -104,14 +104,22 @@ class MLPConv(nn.Module):
   relu_on_last: bool = True
   last_name: str | None = None
   kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.05)
+  dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
 
   @nn.compact
   def __call__(self, x):
     for i, width in enumerate(self.widths):
       is_last = i == len(self.widths) - 1
-      size, stride, pad = (self.kernel, self.stride, self.padding) if i == 0 else (1, 1, 0)
-      x = nn.Conv(width, (size, size), (stride, stride), padding=[(pad, pad)] * 2,
-                  kernel_init=self.kernel_init, name=self.last_name if is_last else None)(x)
+      name = self.last_name if is_last and self.last_name else ("conv" if i == 0 else f"cccp{i}")
+      if i == 0:
+        x = nn.Conv(width, (self.kernel,) * 2, (self.stride,) * 2,
+                    padding=[(self.padding,) * 2] * 2, kernel_init=self.kernel_init,
+                    dtype=self.dtype, name=name)(x)
+      else:
+        # A 1 x 1 convolution is a dense layer over the channel axis at every position. Written as
+        # one (positions x channels) @ (channels x width) matmul it runs ~2x faster on CPU than
+        # XLA's convolution path (benchmark in README.md); the function is the same.
+        x = nn.Dense(width, kernel_init=self.kernel_init, dtype=self.dtype, name=name)(x)
       if self.relu_on_last or not is_last:
         x = nn.relu(x)
     return x
@@ -125,6 +133,9 @@ class NIN(nn.Module):
   fc_hidden: Sequence[int] = ()       # widths of hidden dense layers in the FC heads (ReLU)
   relu_on_class_maps: bool = True     # the paper's choice; see MLPConv
   init_stddev: float = 0.05           # the authors' N(0, 0.05^2); biases start at 0
+  # Mixed precision for TPU and GPU: bfloat16 compute, float32 parameters (master weights) and
+  # float32 logits for the loss.
+  dtype: str = "float32"
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -141,23 +152,25 @@ class NIN(nn.Module):
       x = MLPConv(widths, block.kernel, block.stride, block.padding,
                   relu_on_last=self.relu_on_class_maps or not (is_last and self.head == "gap"),
                   last_name="classifier" if is_last and self.head == "gap" else None,
-                  kernel_init=init, name=f"mlpconv{index + 1}")(x)
+                  kernel_init=init, dtype=jnp.dtype(self.dtype), name=f"mlpconv{index + 1}")(x)
       if block.pool:
         x = pool(x, block.pool)
       if block.dropout:
         x = nn.Dropout(block.dropout, deterministic=not train)(x)
 
     if self.head == "gap":
-      return jnp.mean(x, axis=(1, 2))  # one map per class; the score is its spatial mean
+      # one map per class; the score is its spatial mean (summed in float32)
+      return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate((*self.fc_hidden, self.num_classes)):
       if self.head == "fc_dropout":
         x = nn.Dropout(0.5, deterministic=not train)(x)
       is_last = i == len(self.fc_hidden)
-      x = nn.Dense(width, kernel_init=init, name="classifier" if is_last else f"fc{i + 1}")(x)
+      x = nn.Dense(width, kernel_init=init, dtype=jnp.dtype(self.dtype),
+                   name="classifier" if is_last else f"fc{i + 1}")(x)
       if not is_last:
         x = nn.relu(x)
-    return x
+    return x.astype(jnp.float32)
 
 
 def create_model(preset: str, num_classes: int, head: str = "gap", num_1x1: int | None = None,

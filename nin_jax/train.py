@@ -42,7 +42,7 @@ def create_model(config, num_classes):
   m = config.model
   return models.create_model(m.preset, num_classes, m.head, num_1x1=m.num_1x1, dropout=m.dropout,
                              fc_hidden=tuple(m.fc_hidden), relu_on_class_maps=m.relu_on_class_maps,
-                             init_stddev=m.init_stddev)
+                             init_stddev=m.init_stddev, dtype=m.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ def validate(config):
   _choice(config, "model.preset", models.PRESETS)
   _choice(config, "model.head", models.HEADS)
   _choice(config, "optimizer.schedule", SCHEDULES)
+  _choice(config, "model.dtype", ("float32", "bfloat16"))
   _positive(config, "batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
             "checkpoint_every_steps", "keep_checkpoints", "optimizer.learning_rate",
             "model.init_stddev", "optimizer.decay_factor")

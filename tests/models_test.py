@@ -12,6 +12,13 @@ def init(model, image_shape):
   return model.init(jax.random.PRNGKey(0), jnp.zeros((2, *image_shape)), train=False)["params"]
 
 
+def ordered_layers(block):
+  """A block's layers in network order: conv, cccp1, cccp2, ..., classifier."""
+  def position(name):
+    return 0 if name == "conv" else 10 ** 6 if name == "classifier" else int(name[4:])
+  return [block[name] for name in sorted(block, key=position)]
+
+
 def num_params(model, image_shape):
   shapes = jax.eval_shape(lambda: init(model, image_shape))
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
@@ -25,7 +32,7 @@ def test_nin_cifar_has_the_authors_parameter_count(num_classes, expected):
 def test_nin_cifar_layer_sizes_match_the_authors_files():
   params = jax.eval_shape(lambda: init(models.create_model("nin_cifar", 10), (32, 32, 3)))
   per_layer = [sum(int(np.prod(p.shape)) for p in layer.values())
-               for block in params.values() for layer in block.values()]
+               for block in params.values() for layer in ordered_layers(block)]
   # conv1, cccp1, cccp2, conv2, cccp3, cccp4, conv3, cccp5, cccp6 (NIN_REFERENCE.md)
   assert per_layer == [14_592, 30_880, 15_456, 460_992, 37_056, 37_056, 331_968, 37_056, 1_930]
 
@@ -72,18 +79,63 @@ def test_gap_score_is_the_spatial_mean_of_the_class_maps():
   assert float(class_maps.min()) >= 0  # the paper's ReLU on the class maps
 
 
-def test_mlpconv_is_a_per_position_mlp():
-  block = models.MLPConv((6, 5, 4), kernel=3, padding=1)
-  x = jax.random.normal(jax.random.PRNGKey(0), (1, 5, 5, 2))
-  params = block.init(jax.random.PRNGKey(1), x)["params"]
-  y = block.apply({"params": params}, x)
-  # Recompute the 1x1 layers as a dense MLP over the channel axis at every position.
-  h = jax.nn.relu(jax.lax.conv_general_dilated(
-      x, params["Conv_0"]["kernel"], (1, 1), [(1, 1), (1, 1)],
-      dimension_numbers=("NHWC", "HWIO", "NHWC")) + params["Conv_0"]["bias"])
-  for name in ("Conv_1", "Conv_2"):
-    h = jax.nn.relu(h @ params[name]["kernel"][0, 0] + params[name]["bias"])
-  np.testing.assert_allclose(y, h, rtol=1e-5, atol=1e-6)
+def reference_logits(params, x, blocks, num_classes):
+  """A plain formulation of NIN (GAP head, eval mode): every layer a lax convolution, the 1 x 1
+  ones included, pools by lax.reduce_window -- what the optimised model must compute."""
+  for index, block in enumerate(blocks):
+    layers = params[f"mlpconv{index + 1}"]
+    for i, layer in enumerate(ordered_layers(layers)):
+      kernel = layer["kernel"]
+      if kernel.ndim == 2:
+        kernel = kernel[None, None]
+      pad = block.padding if i == 0 else 0
+      stride = block.stride if i == 0 else 1
+      x = jax.nn.relu(jax.lax.conv_general_dilated(
+          x, kernel, (stride, stride), [(pad, pad)] * 2,
+          dimension_numbers=("NHWC", "HWIO", "NHWC"), precision="highest") + layer["bias"])
+    if block.pool == "max":
+      pads = [(0, 0), models._ceil_pool_padding(x.shape[1]), models._ceil_pool_padding(x.shape[2]),
+              (0, 0)]
+      x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), pads)
+  return x.mean(axis=(1, 2))
+
+
+def test_optimised_model_matches_a_plain_formulation_in_logits_and_gradients():
+  model = models.create_model("nin_cifar", 10)
+  x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
+  labels = jnp.arange(4)
+  params = init(model, (32, 32, 3))
+
+  def loss(apply, params):
+    logits = apply(params)
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(4), labels])
+
+  def fast(p):
+    return model.apply({"params": p}, x, train=False)
+
+  def plain(p):
+    return reference_logits(p, x, models.PRESETS["nin_cifar"], 10)
+
+  with jax.default_matmul_precision("highest"):
+    np.testing.assert_allclose(fast(params), plain(params), rtol=1e-4, atol=1e-6)
+    grads_fast = jax.grad(lambda p: loss(fast, p))(params)
+    grads_plain = jax.grad(lambda p: loss(plain, p))(params)
+  assert float(jnp.abs(fast(params)).max()) > 1e-3  # not a comparison of zeros
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(grads_fast),
+                          jax.tree.leaves(grads_plain)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+
+
+def test_bfloat16_compute_keeps_float32_weights_and_logits():
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
+  f32 = models.create_model("nin_cifar", 10)
+  bf16 = models.create_model("nin_cifar", 10, dtype="bfloat16")
+  params = init(f32, (32, 32, 3))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(init(bf16, (32, 32, 3))))
+  low = bf16.apply({"params": params}, x, train=False)
+  high = f32.apply({"params": params}, x, train=False)
+  assert low.dtype == jnp.float32
+  np.testing.assert_allclose(low, high, rtol=0.1, atol=0.02 * float(jnp.abs(high).max()))
 
 
 @pytest.mark.parametrize("num_1x1", [0, 1, 2, 3])

@@ -82,10 +82,10 @@ def test_loss_guard_counts_consecutive_steps_only():
 
 
 def test_learning_rate_multipliers_follow_the_authors_files():
-  params = {"mlpconv1": {"Conv_0": {"kernel": 0, "bias": 0}},
+  params = {"mlpconv1": {"conv": {"kernel": 0, "bias": 0}},
             "mlpconv3": {"classifier": {"kernel": 0, "bias": 0}}}
   factors = train.learning_rate_multipliers(params, bias=2.0, classifier=0.1)
-  assert factors["mlpconv1"]["Conv_0"] == {"kernel": 1.0, "bias": 2.0}
+  assert factors["mlpconv1"]["conv"] == {"kernel": 1.0, "bias": 2.0}
   assert factors["mlpconv3"]["classifier"] == {"kernel": 0.1, "bias": pytest.approx(0.2)}
 
 

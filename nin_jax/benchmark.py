@@ -1,0 +1,171 @@
+"""Train-step speed: `python -m nin_jax.benchmark [--out=benchmark.json]`.
+
+For the paper's CIFAR-10 NIN at batch 128 and the 224-pixel NiN at batch 16, it measures the real
+train step of nin_jax.train (the pmapped step, SGD with momentum and weight decay, augmentation on
+the device) and prints one table:
+
+  * step time: the median of --steps steps after compilation; images/s; compile time;
+  * achieved FLOP/s, with the FLOPs of the compiled step from XLA's cost analysis, and that as a
+    fraction of the f32 matmul peak measured in the same run with a large jnp.dot;
+  * peak host memory (and device memory where the device reports it);
+  * the share of step time spent waiting on input: the real pipeline (gather, prefetch thread,
+    on-device crops and flips) against a device-resident constant batch;
+  * the PyTorch peer (../shared/peer/torch_nin.py, channels_last) run in the same command, and the
+    ratio of images/s. torch is not a dependency of nin-jax: without it the peer is skipped.
+
+Shared machines are noisy: compare ratios from one run, not absolute times across runs.
+"""
+import functools
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags
+
+from nin_jax import data, models, train
+
+flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after compilation).")
+flags.DEFINE_string("out", "benchmark.json", "Where to write the table as JSON.")
+flags.DEFINE_string("peer", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "peer",
+                                         "torch_nin.py"), "The PyTorch peer script.")
+flags.DEFINE_list("models", ["cifar", "imagenet"], "Which of cifar, imagenet.")
+
+SETUPS = {  # name: (preset, classes, batch, image shape, peer arch)
+    "cifar": ("nin_cifar", 10, 128, (32, 32, 3), "cifar"),
+    "imagenet": ("nin_imagenet", 1000, 16, (224, 224, 3), "imagenet"),
+}
+
+
+def _median_seconds(fn, steps):
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def matmul_peak_flops(size=2048, steps=10):
+  """f32 FLOP/s of a large square jnp.dot on device 0: the practical peak to compare with."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, a))
+  return 2 * size ** 3 / _median_seconds(lambda: dot(a, a), steps)
+
+
+def _optimizer_config():
+  config = ml_collections.ConfigDict(dict(
+      learning_rate=0.01, momentum=0.9, nesterov=False, weight_decay=1e-4, bias_lr_multiplier=1.0,
+      classifier_lr_multiplier=1.0, grad_clip_norm=0.0, schedule="constant", decay_epochs=(),
+      decay_factor=0.1, warmup_epochs=0.0))
+  return config
+
+
+def measure(name, steps):
+  preset, classes, batch_size, shape, _ = SETUPS[name]
+  num_devices = jax.local_device_count()
+  model = models.create_model(preset, classes)
+  params = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.PRNGKey(0), jnp.zeros((1, *shape)))["params"]
+  learning_rate_fn = lambda step: 0.01  # noqa: E731
+  tx = train.create_optimizer(_optimizer_config(), params, learning_rate_fn)
+  state = train.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+                           rng=jax.random.PRNGKey(1))
+  augment = ml_collections.ConfigDict(dict(crop_padding=4, flip=True))
+  p_train_step = train.map_over_devices(train.train_step, model=model, tx=tx,
+                                        learning_rate_fn=learning_rate_fn, augment_config=augment)
+  dataset = data.load_synthetic(shape, classes, num_train=batch_size * 8, num_test=1)
+  dataset.x_train = dataset.x_train.astype(np.float32) / 255  # as preprocessing leaves it
+  constant = jax.device_put(data.train_batch(dataset, 0, batch_size, 0, num_devices))
+
+  start = time.perf_counter()
+  compiled = p_train_step.lower(state, constant).compile()
+  compile_s = time.perf_counter() - start
+  flops = compiled.cost_analysis()["flops"]
+
+  def run_constant():
+    nonlocal state
+    state, metrics = p_train_step(state, constant)
+    return metrics
+
+  jax.block_until_ready(run_constant())  # warm up
+  step_s = _median_seconds(run_constant, steps)
+
+  # The real input path: gather rows on the host in a prefetch thread, ship, augment on device.
+  batches = data.prefetch(data.train_batch(dataset, s, batch_size, 0, num_devices)
+                          for s in range(10 ** 9))
+  def run_pipeline():
+    nonlocal state
+    state, metrics = p_train_step(state, next(batches))
+    return metrics
+
+  jax.block_until_ready(run_pipeline())
+  pipeline_s = _median_seconds(run_pipeline, steps)
+  device_memory = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
+  return {"model": name, "preset": preset, "batch": batch_size, "devices": num_devices,
+          "platform": jax.devices()[0].platform, "compile_s": compile_s, "step_ms": 1e3 * step_s,
+          "images_per_s": batch_size / step_s, "step_gflop": flops / 1e9,
+          "achieved_gflop_per_s": flops / step_s / 1e9,
+          "input_share": max(0.0, (pipeline_s - step_s) / pipeline_s),
+          "device_peak_mb": device_memory and device_memory / 2 ** 20}
+
+
+def run_peer(script, name, steps):
+  arch, batch = SETUPS[name][4], SETUPS[name][2]
+  if not os.path.exists(script):
+    return {"error": f"no peer script at {script}"}
+  result = subprocess.run([sys.executable, script, "--arch", arch, "--batch", str(batch),
+                           "--steps", str(steps), "--channels-last"], capture_output=True,
+                          text=True)
+  if result.returncode:
+    return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv):
+  del argv
+  peak = matmul_peak_flops()
+  rows = []
+  for name in flags.FLAGS.models:
+    row = measure(name, flags.FLAGS.steps)
+    row["fraction_of_matmul_peak"] = row["achieved_gflop_per_s"] * 1e9 / peak
+    peer = run_peer(flags.FLAGS.peer, name, flags.FLAGS.steps)
+    row["peer_images_per_s"] = peer.get("images_per_s")
+    row["ratio_vs_peer"] = (row["images_per_s"] / peer["images_per_s"]
+                            if peer.get("images_per_s") else None)
+    row["peer"] = peer
+    rows.append(row)
+  host_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  report = {"matmul_peak_gflop_per_s": peak / 1e9, "host_peak_mb": host_peak_mb,
+            "jax": jax.__version__, "cpu_count": os.cpu_count(), "rows": rows}
+  with open(flags.FLAGS.out, "w") as f:
+    json.dump(report, f, indent=2)
+
+  def fmt(value, pattern):
+    return "–" if value is None else pattern.format(value)
+  print(f"f32 matmul peak (jnp.dot 2048^2): {peak / 1e9:.1f} GFLOP/s; host peak memory "
+        f"{host_peak_mb:.0f} MB (whole process); {jax.devices()[0].platform} x "
+        f"{jax.local_device_count()}, {os.cpu_count()} cores")
+  print("| model | batch | step ms | images/s | compile s | GFLOP/step | GFLOP/s | of peak "
+        "| input share | device MB | peer images/s | ratio vs peer |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['model']} | {r['batch']} | {r['step_ms']:.1f} | {r['images_per_s']:.1f} "
+          f"| {r['compile_s']:.1f} | {r['step_gflop']:.2f} | {r['achieved_gflop_per_s']:.1f} "
+          f"| {100 * r['fraction_of_matmul_peak']:.0f}% | {100 * r['input_share']:.1f}% "
+          f"| {fmt(r['device_peak_mb'], '{:.0f}')} | {fmt(r['peer_images_per_s'], '{:.1f}')} "
+          f"| {fmt(r['ratio_vs_peer'], '{:.2f}x')} |")
+  for r in rows:
+    if "error" in r["peer"]:
+      print(f"peer ({r['model']}): {r['peer']['error']}")
+
+
+if __name__ == "__main__":
+  app.run(main)
