@@ -26,6 +26,7 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
+import flax.linen as nn
 import numpy as np
 from absl import app, flags
 
@@ -36,6 +37,7 @@ flags.DEFINE_string("out", "benchmark.json", "Where to write the table as JSON."
 flags.DEFINE_string("peer", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "peer",
                                          "torch_nin.py"), "The PyTorch peer script.")
 flags.DEFINE_list("models", ["cifar", "imagenet"], "Which of cifar, imagenet.")
+flags.DEFINE_bool("breakdown", False, "Also time each layer of the CIFAR NIN alone.")
 
 SETUPS = {  # name: (preset, classes, batch, image shape, peer arch)
     "cifar": ("nin_cifar", 10, 128, (32, 32, 3), "cifar"),
@@ -52,12 +54,14 @@ def _median_seconds(fn, steps):
   return float(np.median(times))
 
 
-def matmul_peak_flops(size=2048, steps=10):
-  """f32 FLOP/s of a large square jnp.dot on device 0: the practical peak to compare with."""
+def matmul_peak_flops(size=2048, steps=20):
+  """f32 FLOP/s of a large square jnp.dot on device 0: the practical peak to compare with.
+  The fastest of `steps` runs: a peak, and the figure least disturbed by a busy machine."""
   a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
   dot = jax.jit(jnp.dot)
   jax.block_until_ready(dot(a, a))
-  return 2 * size ** 3 / _median_seconds(lambda: dot(a, a), steps)
+  fastest = min(_median_seconds(lambda: dot(a, a), 1) for _ in range(steps))
+  return 2 * size ** 3 / fastest
 
 
 def _optimizer_config():
@@ -117,6 +121,36 @@ def measure(name, steps):
           "device_peak_mb": device_memory and device_memory / 2 ** 20}
 
 
+def layer_breakdown(steps):
+  """Forward + backward time of each layer of the CIFAR NIN at batch 128, alone, at its real
+  shapes (gradients for weights always, for inputs except the first layer): where a step's time
+  goes, and how close each layer kind gets to the matmul peak."""
+  rows = []
+  x = jax.random.normal(jax.random.PRNGKey(0), (128, 32, 32, 3))
+  for index, block in enumerate(models.PRESETS["nin_cifar"]):
+    widths = [w or 10 for w in block.widths]
+    for i, width in enumerate(widths):
+      size = block.kernel if i == 0 else 1
+      # the layers as models.MLPConv builds them: a k x k nn.Conv, then nn.Dense for 1 x 1
+      layer = (nn.Conv(width, (size, size), padding=[(block.padding,) * 2] * 2) if i == 0
+               else nn.Dense(width))
+      params = layer.init(jax.random.PRNGKey(1), x)["params"]
+      def loss(p, h, layer=layer):
+        return jnp.sum(jax.nn.relu(layer.apply({"params": p}, h)))
+      grad = jax.jit(jax.grad(loss, argnums=(0,) if index == i == 0 else (0, 1)))
+      flops = grad.lower(params, x).compile().cost_analysis()["flops"]
+      jax.block_until_ready(grad(params, x))
+      seconds = _median_seconds(lambda: grad(params, x), steps)
+      kind = f"{size}x{size} conv" if i == 0 else "1x1 (dense)"
+      rows.append({"layer": f"block{index + 1} {kind} {x.shape[-1]}->{width} @{x.shape[1]}px",
+                   "ms": 1e3 * seconds, "gflop": flops / 1e9,
+                   "gflop_per_s": flops / seconds / 1e9})
+      x = jax.nn.relu(layer.apply({"params": params}, x))
+    if block.pool:
+      x = models.pool(x, block.pool)
+  return rows
+
+
 def run_peer(script, name, steps):
   arch, batch = SETUPS[name][4], SETUPS[name][2]
   if not os.path.exists(script):
@@ -165,6 +199,18 @@ def main(argv):
   for r in rows:
     if "error" in r["peer"]:
       print(f"peer ({r['model']}): {r['peer']['error']}")
+  if flags.FLAGS.breakdown:
+    layers = layer_breakdown(flags.FLAGS.steps)
+    report["layers"] = layers
+    with open(flags.FLAGS.out, "w") as f:
+      json.dump(report, f, indent=2)
+    total = sum(r["ms"] for r in layers)
+    print("\n| layer (CIFAR NIN, batch 128, forward + backward alone) | ms | share | GFLOP "
+          "| GFLOP/s | of peak |")
+    print("|---|---|---|---|---|---|")
+    for r in layers:
+      print(f"| {r['layer']} | {r['ms']:.0f} | {100 * r['ms'] / total:.0f}% | {r['gflop']:.1f} "
+            f"| {r['gflop_per_s']:.0f} | {100 * r['gflop_per_s'] * 1e9 / peak:.0f}% |")
 
 
 if __name__ == "__main__":
