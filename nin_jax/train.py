@@ -209,7 +209,8 @@ def count_params(params):
 def flops_per_image(model, params, image_shape):
   """FLOPs of one image's forward pass, as XLA's cost analysis counts the compiled function."""
   forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
-  return float(forward.lower(params, jnp.zeros((1, *image_shape))).compile().cost_analysis()["flops"])
+  compiled = forward.lower(params, jnp.zeros((1, *image_shape))).compile()
+  return float(compiled.cost_analysis()["flops"])
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -244,6 +245,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                config.dataset, len(dataset.x_train), len(dataset.x_test), steps_per_epoch,
                total_steps)
 
+  # --- Workdir: one launch at a time, one config per workdir; before any compilation ----------
+  lock = None
+  if is_chief:
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = run_workdir.lock(workdir)  # held until this process ends
+    run_workdir.check_or_clear(workdir, config, overwrite)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
   # --- Model and optimizer ---------------------------------------------------------------------
   m = config.model
   model = create_model(config, dataset.num_classes)
@@ -256,13 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=train_rng)
   logging.info("Model: %s, head %s, %s parameters", m.preset, m.head, f"{num_params:,}")
 
-  # --- Workdir and restore -----------------------------------------------------------------------
-  lock = None
-  if is_chief:
-    workdir.mkdir(parents=True, exist_ok=True)
-    lock = run_workdir.lock(workdir)  # held until this process ends
-    run_workdir.check_or_clear(workdir, config, overwrite)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+  # --- Restore -------------------------------------------------------------------------------
   manager = checkpointing.create_manager(workdir, every_steps=config.checkpoint_every_steps,
                                          keep=config.keep_checkpoints)
   state = checkpointing.restore_latest(manager, state, workdir)

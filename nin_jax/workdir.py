@@ -52,11 +52,11 @@ def _flatten(tree, prefix=""):
   return flat
 
 
-def differing_fields(saved: dict, config: dict) -> list[str]:
-  """Dotted names of the fields whose values differ, bookkeeping fields aside."""
+def differing_fields(saved: dict, config: dict) -> dict[str, tuple]:
+  """{dotted name: (saved value, new value)} where they differ, bookkeeping fields aside."""
   old, new = _flatten(saved), _flatten(json.loads(json.dumps(config)))  # tuples -> lists
-  return sorted(k for k in old.keys() | new.keys()
-                if k not in BOOKKEEPING and old.get(k) != new.get(k))
+  return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+          if k not in BOOKKEEPING and old.get(k) != new.get(k)}
 
 
 def check_or_clear(workdir, config, overwrite: bool):
@@ -77,9 +77,8 @@ def check_or_clear(workdir, config, overwrite: bool):
     return
   fields = differing_fields(json.loads(saved.read_text()), config.to_dict())
   if fields:
-    old = _flatten(json.loads(saved.read_text()))
-    new = _flatten(json.loads(json.dumps(config.to_dict())))
-    shown = ", ".join(f"{k} ({old.get(k)!r} there, {new.get(k)!r} now)" for k in fields[:6])
+    shown = ", ".join(f"{k} ({old!r} there, {new!r} now)"
+                      for k, (old, new) in list(fields.items())[:6])
     raise ConfigError(f"workdir {workdir} holds a run with another config: {shown}. Relaunch "
                       "with that config to resume it, pick a new --workdir, or pass --overwrite "
                       "to start over in this one")
