@@ -19,6 +19,7 @@ parts it holds. So 2 hosts x 2 devices train exactly as 1 host x 4 devices with 
 Preprocessing statistics are summed over all hosts, so every host normalises alike.
 """
 import dataclasses
+import functools
 import os
 import queue
 import threading
@@ -254,6 +255,14 @@ def steps_per_epoch(num_examples, batch_size, parts):
   return smallest // (batch_size // parts)
 
 
+@functools.lru_cache(maxsize=8)
+def _epoch_order(seed, epoch, part, size):
+  """The order of one part in one epoch, drawn once per epoch rather than once per step."""
+  order = np.random.default_rng([seed, epoch, part]).permutation(size)
+  order.flags.writeable = False  # shared between calls
+  return order
+
+
 def train_batch(dataset, step, batch_size, seed, num_devices, parts=1):
   """This host's share of the global batch of step `step` (`batch_size` is the global batch).
 
@@ -269,7 +278,7 @@ def train_batch(dataset, step, batch_size, seed, num_devices, parts=1):
   for part in range(jax.process_index() * parts_per_host,
                     (jax.process_index() + 1) * parts_per_host):
     start, end = part_bounds(dataset.num_train_examples, parts, part)
-    order = np.random.default_rng([seed, epoch, part]).permutation(end - start)
+    order = _epoch_order(seed, epoch, part, end - start)
     chosen = np.sort(order[index * per_part:(index + 1) * per_part])  # sorted: faster gather
     rows.append(chosen + start - host_start)
   rows = np.concatenate(rows)
