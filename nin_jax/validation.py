@@ -46,7 +46,7 @@ def validate(config):
   _positive(config, "eval_every_steps", "stuck_loss_steps", "stuck_loss_tolerance",
             "optimizer.weight_decay", "optimizer.grad_clip_norm", "optimizer.warmup_epochs",
             "optimizer.bias_lr_multiplier", "optimizer.classifier_lr_multiplier",
-            "augment.crop_padding", allow_zero=True)
+            "augment.crop_padding", "microbatch_size", allow_zero=True)
   _require(0 <= config.optimizer.momentum < 1,
            f"--config.optimizer.momentum={config.optimizer.momentum} must be in [0, 1)")
   if config.model.num_1x1 is not None:
@@ -69,6 +69,11 @@ def validate(config):
     _require(_get(config, key) % devices == 0,
              f"--config.{key}={_get(config, key)} does not divide by the {devices} devices; "
              f"use a multiple of {devices}")
+  per_device = config.batch_size // devices
+  _require(not config.microbatch_size or per_device % config.microbatch_size == 0,
+           f"--config.microbatch_size={config.microbatch_size} does not divide the per-device "
+           f"batch of {per_device} ({config.batch_size} over {devices} devices); use a divisor "
+           f"of {per_device}, or 0 for the whole batch at once")
 
 
 def validate_ablation(config):

@@ -79,6 +79,24 @@ def test_gap_score_is_the_spatial_mean_of_the_class_maps():
   assert float(class_maps.min()) >= 0  # the paper's ReLU on the class maps
 
 
+@pytest.mark.parametrize("shape", [(2, 32, 32, 3), (2, 15, 17, 3), (1, 54, 54, 2)])
+@pytest.mark.parametrize("with_ties", [False, True])
+def test_max_pool_gradient_matches_flax_max_pool(shape, with_ties):
+  """The custom max-pool gradient routes each output's gradient to the same input as XLA's own
+  (the first maximum of the window), ties after a ReLU included."""
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  if with_ties:
+    x = jnp.round(jax.nn.relu(x))  # many equal maxima, as after a ReLU
+  y, pullback = jax.vjp(models.max_pool, x)
+  y_ref, pullback_ref = jax.vjp(models._max_pool_reference, x)
+  np.testing.assert_array_equal(y, y_ref)
+  dy = jax.random.normal(jax.random.PRNGKey(1), y.shape)
+  (dx,), (dx_ref,) = pullback(dy), pullback_ref(dy)
+  assert float(jnp.abs(dx_ref).max()) > 0.1
+  # equal up to the order in which overlapping windows' gradients are summed
+  np.testing.assert_allclose(dx, dx_ref, rtol=1e-6, atol=1e-6)
+
+
 def reference_logits(params, x, blocks, num_classes):
   """A plain formulation of NIN (GAP head, eval mode): every layer a lax convolution, the 1 x 1
   ones included, pools by lax.reduce_window -- what the optimised model must compute."""

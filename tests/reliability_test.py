@@ -127,6 +127,8 @@ BAD_CONFIGS = [
     ({"optimizer.decay_epochs": (30, 20)}, "decay_epochs"),
     ({"dataset": "npz"}, "npz_path"),
     ({"model.init_stddev": 0.0}, "init_stddev"),
+    ({"microbatch_size": 5}, "microbatch_size=5 does not divide the per-device batch of 16"),
+    ({"microbatch_size": -8}, "microbatch_size"),
 ]
 
 

@@ -30,6 +30,39 @@ def test_one_device_and_four_devices_give_the_same_parameters(tmp_path):
   assert moved > 1e-2
 
 
+def test_micro_batches_give_the_same_update_as_the_whole_batch():
+  """config.microbatch_size is a speed setting: averaging the micro-batches' gradients must give
+  the whole batch's update (without dropout, whose masks are drawn per micro-batch)."""
+  import jax.numpy as jnp
+  import ml_collections
+  from nin_jax import data, models
+  model = models.create_model("nin_cifar", 10, dropout=0.0)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
+  config = digits_config().optimizer
+  tx = train.create_optimizer(config, params, lambda step: 0.1)
+  state = train.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
+                           rng=jax.random.PRNGKey(1))
+  dataset = data.load_synthetic((32, 32, 3), 10, num_train=16, num_test=1)
+  batch = data.train_batch(dataset, 0, 16, 0, 1)
+  batch["image"] = batch["image"].astype(np.float32) / 255
+  augment = ml_collections.ConfigDict(dict(crop_padding=4, flip=True))
+  results = {}
+  for size in (0, 4):
+    step = train.map_over_devices(train.train_step, model=model, tx=tx,
+                                  learning_rate_fn=lambda step: 0.1, augment_config=augment,
+                                  microbatch_size=size)
+    results[size] = jax.device_get(step(state, batch))
+  (whole, whole_metrics), (micro, micro_metrics) = results[0], results[4]
+  for name in ("loss", "accuracy", "grad_norm"):
+    np.testing.assert_allclose(micro_metrics[name], whole_metrics[name], rtol=1e-5, err_msg=name)
+  moved = 0.0
+  for (path, a), b, before in zip(jax.tree_util.tree_leaves_with_path(micro.params),
+                                  jax.tree.leaves(whole.params), jax.tree.leaves(params)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=jax.tree_util.keystr(path))
+    moved = max(moved, float(np.abs(b - before).max()))
+  assert moved > 1e-4  # the step changed the parameters by far more than the tolerance
+
+
 def _initial_params():
   from nin_jax import models
   import jax.numpy as jnp
