@@ -15,12 +15,16 @@ the device) and prints one table:
 
 Shared machines are noisy: compare ratios from one run, not absolute times across runs.
 """
+import collections
 import functools
+import glob
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -38,12 +42,17 @@ flags.DEFINE_string("peer", os.path.join(os.path.dirname(__file__), "..", "..", 
                                          "torch_nin.py"), "The PyTorch peer script.")
 flags.DEFINE_list("models", ["cifar", "imagenet"], "Which of cifar, imagenet.")
 flags.DEFINE_bool("breakdown", False, "Also time each layer of the CIFAR NIN alone.")
-flags.DEFINE_integer("microbatch_size", 8, "Per-device micro-batch of the train step "
-                     "(config.microbatch_size); 8 is the fastest on these CPUs, 0 = off.")
+flags.DEFINE_integer("microbatch_size", None, "Per-device micro-batch of the train step "
+                     "(config.microbatch_size); default: per model, see SETUPS; 0 = off.")
+flags.DEFINE_bool("profile", False, "Also print where the CIFAR step's time goes, op by op, "
+                  "from a jax.profiler trace.")
 
-SETUPS = {  # name: (preset, classes, batch, image shape, peer arch)
-    "cifar": ("nin_cifar", 10, 128, (32, 32, 3), "cifar"),
-    "imagenet": ("nin_imagenet", 1000, 16, (224, 224, 3), "imagenet"),
+# name: (preset, classes, batch, image shape, peer arch, micro-batch). The micro-batches are the
+# fastest measured on 2 CPU cores: 8 and 16 run the CIFAR step equally fast, but 16 compiles in
+# half the time (16 unrolled micro-batches of 8 took 10.6 s to compile).
+SETUPS = {
+    "cifar": ("nin_cifar", 10, 128, (32, 32, 3), "cifar", 16),
+    "imagenet": ("nin_imagenet", 1000, 16, (224, 224, 3), "imagenet", 8),
 }
 
 
@@ -74,8 +83,10 @@ def _optimizer_config():
   return config
 
 
-def measure(name, steps, microbatch_size):
-  preset, classes, batch_size, shape, _ = SETUPS[name]
+def measure(name, steps, microbatch_size=None, profile=False):
+  preset, classes, batch_size, shape, _, default_microbatch = SETUPS[name]
+  if microbatch_size is None:
+    microbatch_size = default_microbatch
   num_devices = jax.local_device_count()
   model = models.create_model(preset, classes)
   params = jax.jit(functools.partial(model.init, train=False))(
@@ -104,6 +115,7 @@ def measure(name, steps, microbatch_size):
 
   jax.block_until_ready(run_constant())  # warm up
   step_s = _median_seconds(run_constant, steps)
+  ops = profile_ops(run_constant, compiled.as_text()) if profile else None
 
   # The real input path: gather rows on the host in a prefetch thread, ship, augment on device.
   batches = data.prefetch(data.train_batch(dataset, s, batch_size, 0, num_devices)
@@ -117,11 +129,39 @@ def measure(name, steps, microbatch_size):
   pipeline_s = _median_seconds(run_pipeline, steps)
   device_memory = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
   return {"model": name, "preset": preset, "batch": batch_size, "devices": num_devices,
-          "platform": jax.devices()[0].platform, "microbatch_size": microbatch_size, "compile_s": compile_s, "step_ms": 1e3 * step_s,
+          "platform": jax.devices()[0].platform, "microbatch_size": microbatch_size,
+          "compile_s": compile_s, "step_ms": 1e3 * step_s,
           "images_per_s": batch_size / step_s, "step_gflop": flops / 1e9,
           "achieved_gflop_per_s": flops / step_s / 1e9,
           "input_share": max(0.0, (pipeline_s - step_s) / pipeline_s),
-          "device_peak_mb": device_memory and device_memory / 2 ** 20}
+          "device_peak_mb": device_memory and device_memory / 2 ** 20, "ops": ops}
+
+
+def profile_ops(run_step, hlo_text, steps=3):
+  """Time per compiled op (summed over the threads that ran it) in `steps` traced steps, grouped
+  by op kind and output shape: a convolution's forward, input-gradient and weight-gradient ops
+  are told apart by their output shapes (activations vs kernel)."""
+  from jax.profiler import ProfileData
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir):
+      for _ in range(steps):
+        jax.block_until_ready(run_step())
+    [trace] = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+    planes = ProfileData.from_file(trace).planes
+  totals = collections.Counter()
+  for plane in planes:
+    for line in plane.lines:
+      if not line.name.startswith("tf_XLA"):  # the threads that run compiled ops
+        continue
+      for event in line.events:
+        if "Execute" in event.name or "Await" in event.name:  # the executor, not an op
+          continue
+        defined = re.search(r"%" + re.escape(event.name) + r" = (\(?[a-z]\w*\[[\d,]*\])", hlo_text)
+        kind = re.sub(r"[.\d]+$", "", event.name)
+        totals[(kind, defined.group(1).lstrip("(") if defined else "?")] += event.duration_ns
+  total = sum(totals.values())
+  return [{"op": kind, "output": shape, "ms_per_step": ns / steps / 1e6, "share": ns / total}
+          for (kind, shape), ns in totals.most_common()]
 
 
 def layer_breakdown(steps):
@@ -171,7 +211,8 @@ def main(argv):
   peak = matmul_peak_flops()
   rows = []
   for name in flags.FLAGS.models:
-    row = measure(name, flags.FLAGS.steps, flags.FLAGS.microbatch_size)
+    row = measure(name, flags.FLAGS.steps, flags.FLAGS.microbatch_size,
+                  profile=flags.FLAGS.profile and name == "cifar")
     row["fraction_of_matmul_peak"] = row["achieved_gflop_per_s"] * 1e9 / peak
     peer = run_peer(flags.FLAGS.peer, name, flags.FLAGS.steps)
     row["peer_images_per_s"] = peer.get("images_per_s")
@@ -190,11 +231,12 @@ def main(argv):
   print(f"f32 matmul peak (jnp.dot 2048^2): {peak / 1e9:.1f} GFLOP/s; host peak memory "
         f"{host_peak_mb:.0f} MB (whole process); {jax.devices()[0].platform} x "
         f"{jax.local_device_count()}, {os.cpu_count()} cores")
-  print("| model | batch | step ms | images/s | compile s | GFLOP/step | GFLOP/s | of peak "
-        "| input share | device MB | peer images/s | ratio vs peer |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  print("| model | batch | micro-batch | step ms | images/s | compile s | GFLOP/step | GFLOP/s "
+        "| of peak | input share | device MB | peer images/s | ratio vs peer |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r['model']} | {r['batch']} | {r['step_ms']:.1f} | {r['images_per_s']:.1f} "
+    print(f"| {r['model']} | {r['batch']} | {r['microbatch_size'] or '–'} | {r['step_ms']:.1f} "
+          f"| {r['images_per_s']:.1f} "
           f"| {r['compile_s']:.1f} | {r['step_gflop']:.2f} | {r['achieved_gflop_per_s']:.1f} "
           f"| {100 * r['fraction_of_matmul_peak']:.0f}% | {100 * r['input_share']:.1f}% "
           f"| {fmt(r['device_peak_mb'], '{:.0f}')} | {fmt(r['peer_images_per_s'], '{:.1f}')} "
@@ -202,6 +244,13 @@ def main(argv):
   for r in rows:
     if "error" in r["peer"]:
       print(f"peer ({r['model']}): {r['peer']['error']}")
+  for r in rows:
+    if r["ops"]:
+      print(f"\nWhere the {r['model']} step's time goes (op time summed over threads, "
+            f"{sum(o['ms_per_step'] for o in r['ops']):.0f} ms per step; top 15 ops):")
+      print("| op | output | ms/step | share |\n|---|---|---|---|")
+      for o in r["ops"][:15]:
+        print(f"| {o['op']} | {o['output']} | {o['ms_per_step']:.1f} | {100 * o['share']:.1f}% |")
   if flags.FLAGS.breakdown:
     layers = layer_breakdown(flags.FLAGS.steps)
     report["layers"] = layers
