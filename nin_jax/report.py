@@ -44,12 +44,20 @@ def welch_t_test(a, b):
 
 
 def paired_t_test(a, b):
-  """Paired t-test of mean(a - b) == 0 over matched seeds: (t, degrees of freedom, p)."""
-  d = np.asarray(a, float) - np.asarray(b, float)
+  """Paired t-test of mean(a - b) == 0 over matched seeds: (t, degrees of freedom, p).
+
+  When every seed gives the same difference (test errors are multiples of 1/num_test, so with
+  few seeds this happens) the t statistic is infinite and its p of 0 would claim certainty that
+  three equal numbers do not give. Then p is the exact two-sided sign test's instead: the chance
+  that n fair coin flips all land the same way, 2 * 0.5^n (0.25 for 3 seeds).
+  """
+  # rounded: equal differences of errors like 2/359 must not differ by float rounding
+  d = np.round(np.asarray(a, float) - np.asarray(b, float), 9)
   sd = d.std(ddof=1)
   if sd == 0:
-    return (0.0 if d.mean() == 0 else math.copysign(math.inf, d.mean())), len(d) - 1, float(
-        d.mean() == 0)
+    if d.mean() == 0:
+      return 0.0, len(d) - 1, 1.0
+    return math.copysign(math.inf, d.mean()), len(d) - 1, min(1.0, 2 * 0.5 ** len(d))
   t = d.mean() / (sd / math.sqrt(len(d)))
   return t, len(d) - 1, 2 * stats.t.sf(abs(t), len(d) - 1)
 

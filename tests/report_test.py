@@ -33,6 +33,14 @@ def test_paired_t_test_against_scipy():
     assert (t, p) == pytest.approx((expected.statistic, expected.pvalue)) and dof == 4
 
 
+def test_identical_differences_on_every_seed_are_not_certainty():
+  # 3 seeds, each 2 of 359 test images apart: no spread, but not p = 0 (sign test: 2 / 2^3)
+  a, b = [100 * k / 359 for k in (6, 5, 4)], [100 * k / 359 for k in (4, 3, 2)]
+  t, dof, p = report.paired_t_test(a, b)
+  assert math.isinf(t) and dof == 2 and p == pytest.approx(0.25)
+  assert report.paired_t_test([1.0, 2.0], [1.0, 2.0])[2] == 1.0
+
+
 def test_holm_adjustment_by_hand():
   # sorted 0.01, 0.03, 0.04 -> 3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04)
   assert report.holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
