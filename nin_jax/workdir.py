@@ -11,6 +11,9 @@ from nin_jax.errors import ConfigError
 BOOKKEEPING = {"data_dir", "download", "log_every_steps", "eval_every_steps",
                "checkpoint_every_steps", "keep_checkpoints"}
 RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "config.json")
+# Fields added after runs were saved, with the value that older runs used: a run saved before a
+# field existed resumes when the new config leaves it at that value.
+ADDED_FIELDS = {"microbatch_size": 0}
 
 
 class WorkdirInUseError(ConfigError):
@@ -54,7 +57,8 @@ def _flatten(tree, prefix=""):
 
 def differing_fields(saved: dict, config: dict) -> dict[str, tuple]:
   """{dotted name: (saved value, new value)} where they differ, bookkeeping fields aside."""
-  old, new = _flatten(saved), _flatten(json.loads(json.dumps(config)))  # tuples -> lists
+  old = {**ADDED_FIELDS, **_flatten(saved)}
+  new = _flatten(json.loads(json.dumps(config)))  # tuples -> lists
   return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
           if k not in BOOKKEEPING and old.get(k) != new.get(k)}
 

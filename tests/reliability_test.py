@@ -205,6 +205,17 @@ def test_workdir_with_another_config_is_refused_unless_overwrite(tmp_path):
   assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 128
 
 
+def test_run_saved_before_microbatch_size_existed_resumes(tmp_path):
+  train.train_and_evaluate(digits_config(), tmp_path, stop_at_step=3)
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["microbatch_size"]  # as a run saved by the code before the field
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  summary = train.train_and_evaluate(digits_config(), tmp_path, stop_at_step=4)
+  assert summary["step"] == 4
+  with pytest.raises(ConfigError, match=r"microbatch_size \(0 there, 16 now\)"):
+    train.train_and_evaluate(digits_config(microbatch_size=16), tmp_path)
+
+
 def test_second_concurrent_launch_is_refused(tmp_path):
   tmp_path.mkdir(exist_ok=True)
   held = run_workdir.lock(tmp_path)  # as a first launch would
