@@ -121,8 +121,9 @@ def train_step(state, batch, *, model, tx, learning_rate_fn, augment_config, mic
   # Micro-batches: the gradient of the batch mean is the mean of the micro-batches' gradients, so
   # the update is the same (up to float summation order); only the dropout masks are drawn per
   # micro-batch. Why: on CPU, a micro-batch's activations stay in the 32 MB cache instead of
-  # streaming 100 MB tensors through memory (README.md, "Speed"). A Python loop, unrolled into
-  # the compiled step: XLA on CPU runs a lax.scan over micro-batches many times slower.
+  # streaming 100 MB tensors through memory, and two micro-batches' ops run side by side on two
+  # cores (README.md, "Speed"). A Python loop, unrolled into the compiled step: XLA on CPU ran a
+  # lax.scan over micro-batches at 16 s per CIFAR step, against 1.4 s unrolled.
   size = microbatch_size or per_device
   count = per_device // size
   grads, losses, logits = None, [], []
