@@ -15,7 +15,7 @@ Quick variant, no network needed:
   python launch.py --config=experiments/default.py:digits --workdir=/tmp/nin_digits
 
   Hardware: 2 CPU cores. Time: ~1 minute including start-up. Expected: >= 97% test accuracy
-  on the 360 held-out digits (see README.md for the measured figure and seeds).
+  on the 359 held-out digits (README.md: 98.33% with seed 0, 28 s of training).
 
 Every field can be overridden: --config.model.head=fc, --config.optimizer.learning_rate=0.01.
 """
