@@ -14,15 +14,16 @@ p-value is below 0.05; otherwise the report says the seeds do not establish it.
 import csv
 import io
 import itertools
-import json
 import math
 import sys
+import warnings
 
 import numpy as np
 from etils import epath
 from scipy import stats
 
-from nin_jax import metrics
+from nin_jax import files, metrics
+from nin_jax.errors import ConfigError, NinError
 
 ALPHA = 0.05
 
@@ -31,44 +32,107 @@ ALPHA = 0.05
 # Statistics
 # ----------------------------------------------------------------------------------------------
 
+# Test errors are multiples of 1/num_test, so values that should be equal can differ by float
+# rounding (100 * 6/359 - 100 * 4/359 vs 100 * 5/359 - 100 * 3/359); the checks for "no spread"
+# compare values rounded to this many decimals.
+_DECIMALS = 9
+
+
+def _sample(values, name, minimum=2):
+  """`values` as a 1-D float array; ValueError if it is not 1-D or has fewer than `minimum`."""
+  x = np.asarray(values, float)
+  if x.ndim != 1:
+    raise ValueError(f"{name} must be a 1-D sequence of numbers, got shape {x.shape}")
+  if len(x) < minimum:
+    raise ValueError(f"{name} needs at least {minimum} values, got {len(x)}")
+  return x
+
+
+def _difference_of_means(x, y, axis=-1):
+  return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+
 def welch_t_test(a, b):
-  """Welch's unequal-variance t-test of mean(a) == mean(b): (t, degrees of freedom, p)."""
-  a, b = np.asarray(a, float), np.asarray(b, float)
-  var_a, var_b = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-  diff = a.mean() - b.mean()
-  if var_a + var_b == 0:
-    return (0.0 if diff == 0 else math.copysign(math.inf, diff)), math.nan, float(diff == 0)
-  t = diff / math.sqrt(var_a + var_b)
-  dof = (var_a + var_b) ** 2 / (var_a ** 2 / (len(a) - 1) + var_b ** 2 / (len(b) - 1))
-  return t, dof, 2 * stats.t.sf(abs(t), dof)
+  """Welch's unequal-variance t-test of mean(a) == mean(b), two-sided: (t, dof, p).
+
+  `a` and `b` are 1-D sequences of at least 2 values each (one test error per seed); they need
+  not be the same length. Returns the t statistic, the Welch-Satterthwaite degrees of freedom and
+  the two-sided p-value, from `scipy.stats.ttest_ind(a, b, equal_var=False)`.
+
+  When neither arm has any spread (every seed of `a` gives one error, every seed of `b` another:
+  test errors are multiples of 1/num_test, so with few seeds this happens) the t statistic is
+  infinite and its p of 0 would claim a certainty that a handful of equal numbers do not give.
+  Then p is the exact two-sided permutation test's of the difference of means instead
+  (`scipy.stats.permutation_test`, permutation_type="independent", over all C(n_a + n_b, n_a)
+  splits of the pooled values): 2 / C(6, 3) = 0.1 for 3 seeds against 3. In that case t is
+  +-inf (0 and p = 1 when the two values are equal) and dof is nan. One arm without spread is an
+  ordinary Welch test (its variance is 0); scipy's precision-loss warning about it is silenced.
+  """
+  a, b = _sample(a, "a"), _sample(b, "b")
+  # rounded: equal errors like 2/359 must not differ by float rounding; max - min rather than the
+  # std, which is not 0 for [0.1] * 3 (their float mean is not 0.1)
+  a_rounded, b_rounded = np.round(a, _DECIMALS), np.round(b, _DECIMALS)
+  a_flat, b_flat = np.ptp(a_rounded) == 0, np.ptp(b_rounded) == 0
+  if a_flat and b_flat:
+    diff = a_rounded[0] - b_rounded[0]
+    if diff == 0:
+      return 0.0, math.nan, 1.0
+    p = stats.permutation_test((a_rounded, b_rounded), _difference_of_means,
+                               permutation_type="independent", vectorized=True,
+                               n_resamples=math.inf, alternative="two-sided").pvalue
+    return math.copysign(math.inf, diff), math.nan, float(p)
+  with warnings.catch_warnings():
+    if a_flat or b_flat:  # one arm without spread is fine (its variance is 0), but scipy warns
+      warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+    result = stats.ttest_ind(a, b, equal_var=False)
+  return float(result.statistic), float(result.df), float(result.pvalue)
 
 
 def paired_t_test(a, b):
-  """Paired t-test of mean(a - b) == 0 over matched seeds: (t, degrees of freedom, p).
+  """Paired t-test of mean(a - b) == 0 over matched seeds, two-sided: (t, dof, p).
+
+  `a` and `b` are 1-D sequences of the same length, at least 2: a[i] and b[i] come from the same
+  seed. Returns the t statistic, the degrees of freedom (n - 1) and the two-sided p-value, from
+  `scipy.stats.ttest_rel(a, b)`.
 
   When every seed gives the same difference (test errors are multiples of 1/num_test, so with
   few seeds this happens) the t statistic is infinite and its p of 0 would claim certainty that
   three equal numbers do not give. Then p is the exact two-sided sign test's instead: the chance
-  that n fair coin flips all land the same way, 2 * 0.5^n (0.25 for 3 seeds).
+  that n fair coin flips all land the same way, 2 * 0.5^n (0.25 for 3 seeds); t is +-inf (0 and
+  p = 1 when the difference is 0).
   """
+  a, b = _sample(a, "a"), _sample(b, "b")
+  if len(a) != len(b):
+    raise ValueError(f"a paired test needs a and b of the same length, got {len(a)} and {len(b)}")
   # rounded: equal differences of errors like 2/359 must not differ by float rounding
-  d = np.round(np.asarray(a, float) - np.asarray(b, float), 9)
-  sd = d.std(ddof=1)
-  if sd == 0:
-    if d.mean() == 0:
+  d = np.round(a - b, _DECIMALS)
+  if np.ptp(d) == 0:  # not std: its mean of [0.1] * 3 is not 0.1, leaving a spread of 1e-17
+    if d[0] == 0:
       return 0.0, len(d) - 1, 1.0
-    return math.copysign(math.inf, d.mean()), len(d) - 1, min(1.0, 2 * 0.5 ** len(d))
-  t = d.mean() / (sd / math.sqrt(len(d)))
-  return t, len(d) - 1, 2 * stats.t.sf(abs(t), len(d) - 1)
+    return math.copysign(math.inf, d[0]), len(d) - 1, min(1.0, 2 * 0.5 ** len(d))
+  result = stats.ttest_rel(a, b)
+  return float(result.statistic), int(result.df), float(result.pvalue)
 
 
 def bootstrap_interval(differences, level=0.95, resamples=10_000, seed=0):
-  """Percentile bootstrap interval for the mean of `differences` (fixed seed: reproducible)."""
-  d = np.asarray(differences, float)
-  rng = np.random.default_rng(seed)
-  means = d[rng.integers(0, len(d), (resamples, len(d)))].mean(axis=1)
-  tail = (1 - level) / 2 * 100
-  return float(np.percentile(means, tail)), float(np.percentile(means, 100 - tail))
+  """Percentile bootstrap interval for the mean of `differences`: (low, high).
+
+  `differences` is a 1-D sequence of at least 1 value (the paired differences, one per seed);
+  `level` the confidence level, `resamples` the number of bootstrap resamples. Computed by
+  `scipy.stats.bootstrap(method="percentile")` with a numpy Generator seeded with `seed`, so the
+  same input gives the same interval.
+
+  Data without spread (a single value, or all values equal to 9 decimals) has no uncertainty to
+  resample: the interval is then exactly (value, value). scipy would resample means that are off
+  by float rounding (0.1 becomes 0.10000000000000002) or, for a single value, refuse.
+  """
+  d = _sample(differences, "differences", minimum=1)
+  if np.ptp(np.round(d, _DECIMALS)) == 0:
+    return float(d[0]), float(d[0])
+  result = stats.bootstrap((d,), np.mean, n_resamples=resamples, vectorized=True,
+                           confidence_level=level, method="percentile",
+                           rng=np.random.default_rng(seed))
+  return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
 def holm_adjust(p_values):
@@ -92,18 +156,20 @@ def load_sweep(workdir):
   workdir = epath.Path(workdir)
   sweep_file = workdir / "sweep.json"
   if not sweep_file.exists():
-    raise FileNotFoundError(f"{sweep_file} not found: is {workdir} the workdir of a sweep?")
-  sweep = json.loads(sweep_file.read_text())
+    raise ConfigError(f"{sweep_file} not found: is {workdir} the --workdir of a sweep?")
+  sweep = files.read_json(sweep_file, "sweep description")
+  if not isinstance(sweep, dict) or not {"arms", "num_seeds", "field"} <= sweep.keys():
+    raise ConfigError(f"{sweep_file} is unreadable; relaunch the sweep's command (it rewrites "
+                      "that file and skips the finished runs) to rebuild the report")
+  sweep.setdefault("paper_test_error", {})
   sweep["runs"] = {}
   for arm in sweep["arms"]:
     finished = {}
     for seed in range(sweep["num_seeds"]):
-      summary_file = workdir / arm / f"seed_{seed}" / "summary.json"
-      if summary_file.exists():
-        summary = json.loads(summary_file.read_text())
-        if summary.get("finished"):
-          summary["records"] = metrics.read(workdir / arm / f"seed_{seed}")
-          finished[seed] = summary
+      summary = files.read_json(workdir / arm / f"seed_{seed}" / "summary.json", "run summary")
+      if isinstance(summary, dict) and summary.get("finished"):
+        summary["records"] = metrics.read(workdir / arm / f"seed_{seed}")
+        finished[seed] = summary
     sweep["runs"][arm] = finished
   return sweep
 
@@ -201,7 +267,8 @@ def markdown(summary, sweep):
       "", "## Differences between arms", "",
       "Difference = error(a) − error(b) in percentage points over the seeds both finished; "
       "95% bootstrap interval of the mean; paired t-test p, Holm-adjusted over the pairs; "
-      "Welch's t-test p for reference.", "",
+      "Welch's t-test p for reference (an exact permutation test's when neither arm varies).",
+      "",
       "| a − b | seeds | difference | 95% interval | paired p (Holm) | Welch p | verdict |",
       "|---|---|---|---|---|---|---|"]
   for c in summary["comparisons"]:
@@ -238,7 +305,7 @@ def plot(summary, sweep, workdir):
   axes.grid(True, which="both", alpha=0.3)
   axes.legend()
   figure.tight_layout()
-  figure.savefig(str(epath.Path(workdir) / "test_error_vs_epoch.png"), dpi=120)
+  files.save_figure(figure, epath.Path(workdir) / "test_error_vs_epoch.png", dpi=120)
   plt.close(figure)
 
   figure, axes = plt.subplots(figsize=(7, 4.5))
@@ -257,16 +324,16 @@ def plot(summary, sweep, workdir):
   axes.set(ylabel="test error (%)", title=f"{summary['field']} on {summary['dataset']}")
   axes.legend()
   figure.tight_layout()
-  figure.savefig(str(epath.Path(workdir) / "test_error_bars.png"), dpi=120)
+  files.save_figure(figure, epath.Path(workdir) / "test_error_bars.png", dpi=120)
   plt.close(figure)
 
 
 def write_report(workdir):
   """Builds the report from the runs on disk; returns the path of report.md."""
-  workdir = epath.Path(workdir)
+  workdir = epath.Path(files.resolve(workdir))
   sweep = load_sweep(workdir)
   summary = summarize(sweep)
-  (workdir / "report.json").write_text(json.dumps(summary, indent=2))
+  files.write_json(workdir / "report.json", summary)
   table = io.StringIO()
   columns = ["arm", "seeds_finished", "test_error_mean", "test_error_std", "test_error_best",
              "test_error_worst", "num_params", "flops_per_image", "train_images_per_s",
@@ -275,8 +342,8 @@ def write_report(workdir):
   writer.writeheader()
   for arm in summary["arms"]:
     writer.writerow({**arm, "seeds_finished": len(arm["seeds_finished"])})
-  (workdir / "report.csv").write_text(table.getvalue())
-  (workdir / "report.md").write_text(markdown(summary, sweep))
+  files.write_text(workdir / "report.csv", table.getvalue())
+  files.write_text(workdir / "report.md", markdown(summary, sweep))
   plot(summary, sweep, workdir)
   return workdir / "report.md"
 
@@ -286,7 +353,7 @@ def main(argv):
     sys.exit("usage: python -m nin_jax.report WORKDIR   (the --workdir of a sweep)")
   try:
     path = write_report(argv[1])
-  except FileNotFoundError as e:
+  except NinError as e:
     sys.exit(f"error: {e}")
   print(path.read_text())
 

@@ -1,6 +1,7 @@
 """The report's statistics, against scipy and values worked out by hand."""
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -41,6 +42,45 @@ def test_identical_differences_on_every_seed_are_not_certainty():
   assert report.paired_t_test([1.0, 2.0], [1.0, 2.0])[2] == 1.0
 
 
+def test_welch_without_spread_in_both_arms_is_an_exact_permutation_test_not_certainty():
+  # every seed of a gives 1, every seed of b 2: t = -inf, but p = 0 would claim certainty; the
+  # exact permutation test: of the C(6, 3) = 20 splits of 1,1,1,2,2,2 only this one and its
+  # mirror image are as extreme, so p = 2 / 20
+  t, dof, p = report.welch_t_test([1, 1, 1], [2, 2, 2])
+  assert t == -math.inf and math.isnan(dof) and p == pytest.approx(0.1)
+  t, _, p = report.welch_t_test([2.0, 2.0, 2.0], [1.0, 1.0, 1.0])
+  assert t == math.inf and p == pytest.approx(0.1)
+  # errors as multiples of 1/num_test, whose mean is off by float rounding: mean([0.1] * 3) != 0.1
+  assert report.welch_t_test([0.1] * 3, [0.2] * 3)[2] == pytest.approx(0.1)
+  # 2 seeds against 3: the one split of 10 as extreme on its side, doubled (scipy's two-sided)
+  assert report.welch_t_test([0, 0], [1, 1, 1])[2] == pytest.approx(0.2)
+  t, dof, p = report.welch_t_test([1.5, 1.5, 1.5], [1.5, 1.5])
+  assert t == 0 and math.isnan(dof) and p == 1
+  # one arm without spread is an ordinary Welch test (var 0 and 1: se^2 = 1/3, dof 2), silently
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    t, dof, p = report.welch_t_test([1, 1, 1], [2, 3, 4])
+  assert (t, dof) == pytest.approx((-2 / math.sqrt(1 / 3), 2))
+  assert p == pytest.approx(2 * stats.t.sf(2 / math.sqrt(1 / 3), 2))
+
+
+def test_the_same_difference_of_a_tenth_on_every_seed_is_not_certainty():
+  # d = [0.1] * 3: its std is 1.7e-17, not 0, from float rounding of the mean; still no spread
+  t, dof, p = report.paired_t_test([0.1, 0.1, 0.1], [0.0, 0.0, 0.0])
+  assert t == math.inf and dof == 2 and p == pytest.approx(0.25)
+
+
+def test_too_few_values_raise_a_clear_error():
+  with pytest.raises(ValueError, match="at least 2 values"):
+    report.welch_t_test([1.0], [1.0, 2.0])
+  with pytest.raises(ValueError, match="at least 2 values"):
+    report.paired_t_test([1.0], [2.0])
+  with pytest.raises(ValueError, match="same length"):
+    report.paired_t_test([1.0, 2.0, 3.0], [2.0, 3.0])
+  with pytest.raises(ValueError, match="at least 1 value"):
+    report.bootstrap_interval([])
+
+
 def test_holm_adjustment_by_hand():
   # sorted 0.01, 0.03, 0.04 -> 3 x 0.01, 2 x 0.03, max(0.06, 1 x 0.04)
   assert report.holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
@@ -54,6 +94,19 @@ def test_bootstrap_interval():
   assert report.bootstrap_interval(d) == (low, high)  # seeded: reproducible
   half_width = 1.96 * d.std(ddof=1) / math.sqrt(len(d))
   assert high - low == pytest.approx(2 * half_width, rel=0.15)
+  expected = stats.bootstrap((d,), np.mean, n_resamples=10_000, confidence_level=0.95,
+                            method="percentile", rng=np.random.default_rng(0))
+  assert (low, high) == pytest.approx(tuple(expected.confidence_interval))
+  low_90, high_90 = report.bootstrap_interval(d, level=0.9)
+  assert low < low_90 < high_90 < high
+
+
+def test_bootstrap_without_spread_is_exact_and_silent():
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert report.bootstrap_interval([0.5, 0.5, 0.5]) == (0.5, 0.5)
+    assert report.bootstrap_interval([0.1, 0.1, 0.1]) == (0.1, 0.1)  # not 0.10000000000000002
+    assert report.bootstrap_interval([0.3]) == (0.3, 0.3)
 
 
 def write_fake_sweep(workdir, errors_by_arm, paper=None):
@@ -98,6 +151,20 @@ def test_report_tells_a_real_difference_from_noise(tmp_path):
   text = (tmp_path / "report.md").read_text()
   assert "| gap | 3/3 | 10.10 ± 0.10 | 10.00 | 10.20 |" in text
   assert "10.41" in text
+
+
+def test_report_when_no_arm_varies_over_the_seeds(tmp_path):
+  # every seed gives the same error: Welch p from the permutation test, paired p from the sign test
+  write_fake_sweep(tmp_path, {"gap": [10.0, 10.0, 10.0], "fc": [12.0, 12.0, 12.0]})
+  report.write_report(tmp_path)
+  pair = json.loads((tmp_path / "report.json").read_text())["comparisons"][0]
+  assert pair["welch_p"] == pytest.approx(0.1)
+  assert pair["paired_p"] == pair["paired_p_holm"] == pytest.approx(0.25)
+  assert pair["interval"] == [-2.0, -2.0]
+  assert pair["verdict"].startswith("not established with 3 seeds")
+  text = (tmp_path / "report.md").read_text()
+  assert "| gap − fc | 3 | -2.00 | [-2.00, -2.00] | 0.250 | 0.100 | not established" in text
+  assert "exact permutation test" in text
 
 
 def test_report_with_unfinished_runs_says_so(tmp_path):
