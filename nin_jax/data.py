@@ -20,17 +20,22 @@ Preprocessing statistics are summed over all hosts, so every host normalises ali
 """
 import dataclasses
 import functools
-import os
+import logging
 import queue
 import threading
+import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nin_jax import files
 from nin_jax.errors import ConfigError, DataError
 
-TFDS_DATASETS = ("cifar10", "cifar100", "svhn_cropped", "mnist")
+# Image shapes (H, W, C) as TFDS stores them, to check a config before anything is loaded.
+TFDS_IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
+                     "svhn_cropped": (32, 32, 3), "mnist": (28, 28, 1)}
+TFDS_DATASETS = tuple(TFDS_IMAGE_SHAPES)
 SOURCES = TFDS_DATASETS + ("digits", "npz", "synthetic")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
@@ -68,9 +73,31 @@ def _sharded(x_train, y_train, x_test, y_test, num_classes):
                  y_test[test].astype(np.int32), num_classes, len(x_train), len(x_test))
 
 
+def image_shape(config):
+  """(height, width, channels) of the images `config.dataset` holds, without loading them; None
+  for an npz file whose header cannot be read (load_npz then says why)."""
+  if config.dataset in TFDS_IMAGE_SHAPES:
+    return TFDS_IMAGE_SHAPES[config.dataset]
+  if config.dataset == "digits":
+    return (8, 8, 1)
+  if config.dataset == "synthetic":
+    return tuple(config.synthetic.image_shape)
+  if config.dataset == "npz":
+    try:  # the .npy header inside the zip: the shape without reading the pixels
+      with zipfile.ZipFile(config.npz_path) as archive, archive.open("x_train.npy") as f:
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}[np.lib.format.read_magic(f)]
+        shape = read_header(f)[0]
+      return tuple(shape[1:]) if len(shape) == 4 and shape[-1] in (1, 3, 4) else None
+    except Exception:  # anything unreadable is load_npz's to explain
+      return None
+  return None
+
+
 def load_tfds(name, data_dir, download):
   import tensorflow_datasets as tfds  # heavy, and only this source needs it
 
+  files.check_reachable(data_dir, "--config.data_dir")
   if data_dir and not _exists(data_dir):
     raise DataError(f"data_dir {data_dir!r} does not exist; create it, or fix --config.data_dir")
   builder = tfds.builder(name, data_dir=data_dir)
@@ -121,34 +148,100 @@ def load_digits(test_fraction=0.2, split_seed=0):
 
 
 def load_npz(path):
-  """Your own data: x_train, y_train, x_test, y_test; uint8 NHWC images, integer labels."""
+  """Your own data: an .npz (local or gs://) with the arrays x_train, y_train, x_test, y_test.
+
+  Expected layout: images uint8 NHWC, shape (N, H, W, C), raw 0..255 pixels (nin-jax normalises
+  them itself, `config.preprocess`), the same H, W, C in both splits; labels a 1-D integer array of
+  0..num_classes-1, one per image; at least one example per split. num_classes is the largest
+  label + 1. Write it with `numpy.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)`.
+
+  Raises DataError, one line saying what was found and the fix, when the path is empty or does not
+  exist, the file cannot be read or lacks an array, or the arrays follow another convention:
+  channels-first (NCHW) or grayscale (N, H, W) images, float or non-uint8 integer pixels, one-hot,
+  float or 1-based labels, negative labels, images and labels of different counts, train and test
+  images of different shapes, an empty split (see `_check_npz_arrays`).
+  """
+  from etils import epath  # understands gs:// as well as local paths
   if not path:
     raise DataError("dataset 'npz' needs a file: --config.npz_path=/path/to/data.npz")
-  if not os.path.isfile(path):
+  if not epath.Path(path).exists():
     raise DataError(f"npz file {path!r} does not exist; fix --config.npz_path")
   try:
-    with np.load(path, allow_pickle=False) as f:
-      missing = [k for k in NPZ_KEYS if k not in f.files]
-      if missing:
-        raise DataError(f"npz file {path!r} lacks arrays {missing}; it needs {list(NPZ_KEYS)}")
-      arrays = {k: f[k] for k in NPZ_KEYS}
-  except (OSError, ValueError) as e:
+    with epath.Path(path).open("rb") as handle:
+      loaded = np.load(handle, allow_pickle=False)
+      if not isinstance(loaded, np.lib.npyio.NpzFile):  # np.save wrote a single .npy array
+        raise DataError(f"npz file {path!r} holds one array {loaded.dtype} {loaded.shape}, not "
+                        f"{list(NPZ_KEYS)}; write it with numpy.savez(path, x_train=..., ...)")
+      with loaded as f:
+        missing = [k for k in NPZ_KEYS if k not in f.files]
+        if missing:
+          raise DataError(f"npz file {path!r} lacks arrays {missing}; it needs {list(NPZ_KEYS)}")
+        arrays = {k: f[k] for k in NPZ_KEYS}
+  except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     if isinstance(e, DataError):
       raise
     raise DataError(f"npz file {path!r} cannot be read ({e}); write it with numpy.savez") from None
-  for part in ("train", "test"):
-    x, y = arrays[f"x_{part}"], arrays[f"y_{part}"]
-    if x.dtype != np.uint8 or x.ndim != 4:
-      raise DataError(f"npz x_{part} must be uint8 NHWC images, got {x.dtype} with shape "
-                      f"{x.shape}; convert with x.astype(np.uint8), add a channel axis if needed")
-    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
-      raise DataError(f"npz y_{part} must be a 1-D integer array, got {y.dtype} {y.shape}")
-    if len(x) != len(y):
-      raise DataError(f"npz x_{part} has {len(x)} images but y_{part} {len(y)} labels")
-    if y.min() < 0:
-      raise DataError(f"npz y_{part} holds negative labels; labels must be 0..num_classes-1")
+  _check_npz_arrays(arrays)
   num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
   return _sharded(*(arrays[k] for k in NPZ_KEYS), num_classes)
+
+
+def _check_npz_arrays(arrays):
+  """Raises one DataError line, what was found and the fix, for arrays nin-jax cannot use as is."""
+  for part in ("train", "test"):
+    xk, yk = f"x_{part}", f"y_{part}"
+    x, y = arrays[xk], arrays[yk]
+    if x.size == 0 or y.size == 0:
+      raise DataError(f"npz {part} split is empty ({xk} {x.shape}, {yk} {y.shape}); each split "
+                      f"needs at least one example")
+    # Images: uint8 NHWC, raw pixels.
+    images = f"npz {xk} must be uint8 NHWC images, got {x.dtype} {x.shape}"
+    if x.ndim == 3:
+      raise DataError(f"{images}: grayscale without a channel axis; fix: {xk} = {xk}[..., None]")
+    if x.ndim == 4 and x.shape[1] in (1, 3, 4) and x.shape[3] not in (1, 3, 4):
+      raise DataError(f"npz {xk} has shape {x.shape}: channels-first (NCHW); nin-jax needs NHWC: "
+                      f"{xk} = {xk}.transpose(0, 2, 3, 1)")
+    if x.ndim != 4:
+      raise DataError(f"{images}; reshape to (N, H, W, C)")
+    if x.dtype != np.uint8:
+      if x.dtype.kind not in "fiu":
+        raise DataError(f"{images}; save the 0..255 pixels as uint8")
+      low, high = x.min(), x.max()
+      found = f"{images} with values in [{low:.4g}, {high:.4g}]"
+      if x.dtype.kind == "f" and 0 <= low and high <= 1:
+        raise DataError(f"{found}; fix: {xk} = ({xk} * 255).round().astype(np.uint8)")
+      if 0 <= low and high <= 255:
+        fix = f"{xk}.round().astype(np.uint8)" if x.dtype.kind == "f" else f"{xk}.astype(np.uint8)"
+        raise DataError(f"{found}; fix: {xk} = {fix}")
+      if x.dtype.kind == "f":
+        raise DataError(f"{found}: not raw pixels; nin-jax normalises images itself "
+                        f"(config.preprocess) and wants the raw 0..255 pixels as uint8")
+      raise DataError(f"{found}, outside 0..255; scale them to 0..255 and save as uint8")
+    # Labels: 1-D integers, one per image, 0..num_classes-1.
+    labels = f"npz {yk} must be a 1-D integer array, got {y.dtype} {y.shape}"
+    if y.ndim == 2:
+      fix = f"{yk}[:, 0]" if y.shape[1] == 1 else f"{yk}.argmax(1)"
+      found = "a column of labels" if y.shape[1] == 1 else "one-hot labels"
+      raise DataError(f"{labels}: {found}; fix: {yk} = {fix}")
+    if y.ndim == 1 and y.dtype.kind == "f" and np.all(np.isfinite(y) & (y == np.round(y))):
+      raise DataError(f"{labels}: float labels that are whole numbers; fix: "
+                      f"{yk} = {yk}.astype(np.int64)")
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
+      raise DataError(labels)
+    if len(x) != len(y):
+      raise DataError(f"npz {xk} has {len(x)} images but {yk} {len(y)} labels")
+    if y.min() < 0:
+      raise DataError(f"npz {yk} holds negative labels (min {y.min()}); labels must be "
+                      f"0..num_classes-1")
+  x_train, x_test = arrays["x_train"], arrays["x_test"]
+  if x_train.shape[1:] != x_test.shape[1:]:
+    raise DataError(f"npz x_train has shape {x_train.shape} but x_test {x_test.shape}: train and "
+                    f"test images need the same height, width and channels (NHWC)")
+  low = min(arrays["y_train"].min(), arrays["y_test"].min())
+  if low >= 1:
+    raise DataError(f"npz labels start at {low}, no label 0 in y_train or y_test (1-based, as in "
+                    f"MATLAB/SVHN); nin-jax needs 0..num_classes-1: y_train = y_train - {low}; "
+                    f"y_test = y_test - {low}")
 
 
 def load_synthetic(image_shape, num_classes, num_train, num_test, seed=0):
@@ -192,7 +285,13 @@ def global_contrast_normalize(x, scale=55.0, min_divisor=1e-8):
 
 
 def fit_gcn_zca(x_train, filter_bias=0.1):
-  """GCN then ZCA whitening (pylearn2's ZCA, filter_bias 0.1), fitted on the training split."""
+  """GCN then ZCA whitening (pylearn2's ZCA, filter_bias 0.1), fitted on the training split.
+
+  Cost: a D x D covariance, D = height * width * channels, and its eigendecomposition (~D^3);
+  validation.MAX_ZCA_DIMENSIONS bounds D.
+  """
+  logging.info("Fitting GCN + ZCA whitening on %d images of %d dimensions (CIFAR-10's 3,072: "
+               "~30 s on 2 CPU cores)", len(x_train), np.prod(x_train.shape[1:]))
   flat = global_contrast_normalize(x_train)
   count, total, products = sum_over_hosts(
       [np.array([len(flat)], np.float64), flat.sum(axis=0), flat.T @ flat])
@@ -286,18 +385,33 @@ def train_batch(dataset, step, batch_size, seed, num_devices, parts=1):
           "label": _per_device(dataset.y_train[rows], num_devices)}
 
 
+class _Failed:
+  def __init__(self, error):
+    self.error = error
+
+
 def prefetch(batches, size=2):
-  """Runs the iterator `batches` in a background thread, `size` items ahead."""
+  """Runs the iterator `batches` in a background thread, `size` items ahead.
+
+  An exception in that thread is re-raised in the consumer, at the item where it happened, so
+  the run stops with its message instead of waiting forever for the next batch.
+  """
   buffer = queue.Queue(maxsize=size)
   done = object()
 
   def produce():
-    for item in batches:
-      buffer.put(item)
+    try:
+      for item in batches:
+        buffer.put(item)
+    except BaseException as e:  # noqa: BLE001 -- handed to the consumer, not swallowed
+      buffer.put(_Failed(e))
+      return
     buffer.put(done)
 
-  threading.Thread(target=produce, daemon=True).start()
+  threading.Thread(target=produce, daemon=True, name="prefetch").start()
   while (item := buffer.get()) is not done:
+    if isinstance(item, _Failed):
+      raise item.error
     yield item
 
 

@@ -102,6 +102,68 @@ def test_bad_npz_files_are_clear_errors(tmp_path, changes, message):
     data.load_dataset(digits_config(dataset="npz", npz_path=path))
 
 
+_PIXELS = np.linspace(0, 1, 20 * 6 * 6 * 3).reshape(20, 6, 6, 3)  # floats 0..1
+
+
+@pytest.mark.parametrize("changes, found, fix", [
+    # channels-first: 8x8 digits would train as 3x8 images with 8 channels, 32x32 crash the model
+    ({"x_train": np.zeros((20, 3, 8, 8), np.uint8), "x_test": np.zeros((7, 3, 8, 8), np.uint8)},
+     "x_train has shape (20, 3, 8, 8): channels-first (NCHW)",
+     "x_train = x_train.transpose(0, 2, 3, 1)"),
+    ({"x_train": np.zeros((20, 3, 32, 32), np.uint8)},
+     "x_train has shape (20, 3, 32, 32): channels-first (NCHW)",
+     "x_train = x_train.transpose(0, 2, 3, 1)"),
+    ({"x_test": np.zeros((7, 1, 28, 28), np.uint8)}, "x_test has shape (7, 1, 28, 28)",
+     "x_test = x_test.transpose(0, 2, 3, 1)"),
+    ({"x_train": np.zeros((20, 6, 6), np.uint8)}, "got uint8 (20, 6, 6): grayscale",
+     "x_train = x_train[..., None]"),
+    ({"x_train": _PIXELS.astype(np.float32)}, "got float32 (20, 6, 6, 3) with values in [0, 1]",
+     "x_train = (x_train * 255).round().astype(np.uint8)"),
+    ({"x_train": _PIXELS * 255}, "got float64 (20, 6, 6, 3) with values in [0, 255]",
+     "x_train = x_train.round().astype(np.uint8)"),
+    ({"x_train": _PIXELS - 0.5}, "got float64 (20, 6, 6, 3) with values in [-0.5, 0.5]: not raw",
+     "normalises images itself (config.preprocess)"),
+    ({"x_test": np.full((7, 6, 6, 3), 200, np.int64)},
+     "got int64 (7, 6, 6, 3) with values in [200, 200]",
+     "x_test = x_test.astype(np.uint8)"),
+    ({"x_train": np.full((20, 6, 6, 3), 4095, np.uint16)}, "values in [4095, 4095], outside 0..255",
+     "scale them to 0..255"),
+    ({"y_train": np.eye(4)[np.arange(20) % 4]}, "got float64 (20, 4): one-hot labels",
+     "y_train = y_train.argmax(1)"),
+    ({"y_test": (np.arange(7) % 4)[:, None]}, "(7, 1): a column of labels",
+     "y_test = y_test[:, 0]"),
+    ({"y_train": (np.arange(20) % 4).astype(np.float32)}, "got float32 (20,): float labels",
+     "y_train = y_train.astype(np.int64)"),
+    ({"y_train": np.arange(20) % 4 + 1, "y_test": np.arange(7) % 4 + 1}, "labels start at 1",
+     "y_train = y_train - 1; y_test = y_test - 1"),
+    ({"y_test": np.arange(7) % 4 - 1}, "y_test holds negative labels (min -1)", "0..num_classes-1"),
+    ({"x_test": np.zeros((7, 8, 8, 3), np.uint8)},
+     "x_train has shape (20, 6, 6, 3) but x_test (7, 8, 8, 3)", "same height, width and channels"),
+    ({"x_test": np.zeros((0, 6, 6, 3), np.uint8), "y_test": np.zeros(0, np.int64)},
+     "test split is empty (x_test (0, 6, 6, 3), y_test (0,))", "at least one example"),
+])
+def test_npz_in_another_convention_is_one_line_with_the_fix(tmp_path, changes, found, fix):
+  path = write_npz(tmp_path / "other.npz", **changes)
+  with pytest.raises(DataError) as error:
+    data.load_npz(path)
+  message = str(error.value)
+  assert found in message and fix in message and "\n" not in message, message
+
+
+def test_npz_edge_cases_that_are_fine_are_accepted(tmp_path):
+  # NHWC whose height is 3 or 4 is not channels-first; a split without label 0 is not 1-based
+  path = write_npz(tmp_path / "d.npz", x_train=np.zeros((20, 4, 6, 3), np.uint8),
+                   x_test=np.zeros((7, 4, 6, 3), np.uint8), y_train=np.arange(20) % 4 + 1)
+  dataset = data.load_npz(path)
+  assert dataset.x_train.shape == (20, 4, 6, 3) and dataset.num_classes == 5
+
+
+def test_npy_instead_of_npz_is_one_line(tmp_path):
+  np.save(tmp_path / "x.npy", np.zeros((20, 6, 6, 3), np.uint8))
+  with pytest.raises(DataError, match=r"holds one array uint8 \(20, 6, 6, 3\).*numpy.savez"):
+    data.load_npz(str(tmp_path / "x.npy"))
+
+
 def test_synthetic_source_has_the_configured_shapes():
   config = digits_config(dataset="synthetic")
   config.synthetic.update(image_shape=(5, 5, 3), num_classes=7, num_train=30, num_test=9)
