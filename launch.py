@@ -39,27 +39,50 @@ def main(argv):
   tf.config.set_visible_devices([], "TPU")
 
   import jax
-  if flags.FLAGS.coordinator_address:
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes only
-    jax.distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
-                               flags.FLAGS.process_id)
-  elif flags.FLAGS.multihost:
-    jax.distributed.initialize()
+  FLAGS = flags.FLAGS
+  try:
+    if FLAGS.coordinator_address:
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes only
+      jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes,
+                                 FLAGS.process_id)
+    elif FLAGS.multihost:
+      jax.distributed.initialize()
+  except Exception as e:  # noqa: BLE001 -- jax raises ValueError, RuntimeError, XlaRuntimeError
+    how = ("--multihost is for a Cloud TPU pod slice, where JAX finds its peers itself; elsewhere "
+           "pass --coordinator_address=HOST:PORT --num_processes=N --process_id=I, or neither "
+           "for one host" if FLAGS.multihost else
+           f"is process 0 running and is {FLAGS.coordinator_address} reachable from here?")
+    sys.exit(f"error: jax.distributed.initialize failed ({_one_line(e)[:300]}); {how}")
 
-  from nin_jax import checkpointing, sweep, train
+  from nin_jax import checkpointing, files, sweep, train
   checkpointing.quiet_orbax_logs()
   from nin_jax.errors import NinError
   config = flags.FLAGS.config
-  if flags.FLAGS.arm and "ablation" not in config:
-    sys.exit("error: --arm needs an ablation config, such as experiments/ablate_head.py")
   try:
+    # Every path the user typed, resolved once, here: relative to where the command was started.
+    workdir = files.resolve(FLAGS.workdir)
+    config.data_dir = files.resolve(config.data_dir)
+    config.npz_path = files.resolve(config.npz_path)
+    files.check_reachable(workdir, "--workdir")
+    files.check_reachable(config.data_dir, "--config.data_dir")
+    files.check_reachable(config.npz_path, "--config.npz_path")
     if "ablation" in config:  # every arm x seed, then the report
-      sweep.run_sweep(config, flags.FLAGS.workdir, only_arms=flags.FLAGS.arm,
-                      overwrite=flags.FLAGS.overwrite)
+      sweep.run_sweep(config, workdir, only_arms=FLAGS.arm, overwrite=FLAGS.overwrite)
     else:
-      train.train_and_evaluate(config, flags.FLAGS.workdir, overwrite=flags.FLAGS.overwrite)
+      train.train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
   except NinError as e:  # bad input or a run that cannot go on: one line, no traceback
     sys.exit(f"error: {e}")
+  except OSError as e:  # a file system refusing: disk full, no permission, a read-only mount
+    sys.exit(f"error: {files.write_failure('a file', e.filename or workdir, e)}; fix that, then "
+             "relaunch the same command: the run resumes from its last checkpoint")
+  except Exception as e:  # noqa: BLE001 -- a bug: one line here, the whole traceback in a file
+    import tempfile
+    import traceback
+    with tempfile.NamedTemporaryFile("w", prefix="nin_jax_traceback_", suffix=".txt",
+                                     delete=False) as f:
+      traceback.print_exc(file=f)
+    sys.exit(f"error: unexpected {type(e).__name__}: {_one_line(e)[:300]} (a bug in nin-jax: "
+             f"please report it with the traceback, saved in {f.name})")
 
 
 def parse_flags(argv):
@@ -69,12 +92,33 @@ def parse_flags(argv):
     if flags.FLAGS.config is None:
       sys.exit("error: --config is required, for example --config=experiments/default.py:digits")
     "ablation" in flags.FLAGS.config  # the config file is loaded lazily: load it here
+    _check_flag_combinations(flags.FLAGS)
     return remaining
   except AttributeError as e:  # a --config.x.y override that names no field
     name, _, hint = _one_line(e).replace("'", "").replace('"', '').partition(" Did you mean")
     sys.exit(f"error: --config has no field {name!r}" + (f"; did you mean{hint}" if hint else ""))
   except (flags.Error, OSError, KeyError, TypeError, ValueError) as e:
     sys.exit(f"error: {_one_line(e)}")
+
+
+def _check_flag_combinations(FLAGS):
+  """Flags that only work together, or not at all: one line each, before anything starts."""
+  multi = ("--coordinator_address", "--num_processes", "--process_id")
+  given = [name for name in multi if getattr(FLAGS, name[2:]) is not None]
+  if given and len(given) < 3:
+    sys.exit(f"error: {', '.join(given)} needs {' and '.join(set(multi) - set(given))} as well: "
+             "a multi-process run takes all three (--coordinator_address=HOST:PORT of process 0, "
+             "--num_processes=N, --process_id=0..N-1)")
+  if given and FLAGS.multihost:
+    sys.exit("error: --multihost and --coordinator_address exclude each other: --multihost finds "
+             "its peers on a Cloud TPU pod slice; elsewhere give the coordinator, not both")
+  if given and not 0 <= FLAGS.process_id < FLAGS.num_processes:
+    sys.exit(f"error: --process_id={FLAGS.process_id} must be in 0..{FLAGS.num_processes - 1} "
+             f"for --num_processes={FLAGS.num_processes}")
+  if FLAGS.arm and "ablation" not in FLAGS.config:
+    sys.exit("error: --arm needs an ablation config, such as experiments/ablate_head.py")
+  if not FLAGS.workdir.strip():
+    sys.exit("error: --workdir is empty; give a folder, for example --workdir=/tmp/nin_digits")
 
 
 def _one_line(error):

@@ -34,7 +34,7 @@ import flax.linen as nn
 import numpy as np
 from absl import app, flags
 
-from nin_jax import data, models, train
+from nin_jax import data, files, models, train
 
 flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after compilation).")
 flags.DEFINE_string("out", "benchmark.json", "Where to write the table as JSON.")
@@ -223,8 +223,7 @@ def main(argv):
   host_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   report = {"matmul_peak_gflop_per_s": peak / 1e9, "host_peak_mb": host_peak_mb,
             "jax": jax.__version__, "cpu_count": os.cpu_count(), "rows": rows}
-  with open(flags.FLAGS.out, "w") as f:
-    json.dump(report, f, indent=2)
+  files.write_json(files.resolve(flags.FLAGS.out), report)
 
   def fmt(value, pattern):
     return "–" if value is None else pattern.format(value)
@@ -254,8 +253,7 @@ def main(argv):
   if flags.FLAGS.breakdown:
     layers = layer_breakdown(flags.FLAGS.steps)
     report["layers"] = layers
-    with open(flags.FLAGS.out, "w") as f:
-      json.dump(report, f, indent=2)
+    files.write_json(files.resolve(flags.FLAGS.out), report)
     total = sum(r["ms"] for r in layers)
     print("\n| layer (CIFAR NIN, batch 128, forward + backward alone) | ms | share | GFLOP "
           "| GFLOP/s | of peak |")

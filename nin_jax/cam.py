@@ -7,7 +7,7 @@ the feature map of the predicted class and, where the prediction is wrong, the m
 class. With a GAP head a class score is the mean of its map, so the map shows where the evidence
 for that class lies. Half the rows are misclassified examples, where there are enough.
 """
-import json
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,19 +16,25 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from nin_jax import checkpointing, data, train
-from nin_jax.errors import ConfigError
+from nin_jax import checkpointing, data, files, train
+from nin_jax.errors import ConfigError, NinError
 
 flags.DEFINE_integer("num_images", 12, "How many test images (rows).")
 flags.DEFINE_string("out", None, "PNG path; default RUN_WORKDIR/class_activation_maps.png.")
 
 
-def class_maps(model, params, images):
-  """Logits and the last mlpconv's output (one map per class) for `images`."""
-  logits, state = model.apply({"params": params}, images, train=False,
-                              capture_intermediates=True, mutable=["intermediates"])
-  last_block = f"mlpconv{len(model.blocks)}"
-  return logits, state["intermediates"][last_block]["__call__"][0]
+def class_maps(model, params, images, batch_size=256):
+  """Logits [N, classes] and the last mlpconv's output [N, h, w, classes] (one map per class)
+  for `images` [N, H, W, C], `batch_size` images at a time (CIFAR-10's 10,000 test images at
+  once would need ~8 GB of activations)."""
+  @jax.jit
+  def forward(batch):
+    logits, state = model.apply({"params": params}, batch, train=False,
+                                capture_intermediates=True, mutable=["intermediates"])
+    return logits, state["intermediates"][f"mlpconv{len(model.blocks)}"]["__call__"][0]
+  parts = [jax.device_get(forward(jnp.asarray(images[i:i + batch_size])))
+           for i in range(0, len(images), batch_size)]
+  return tuple(np.concatenate(column) for column in zip(*parts))
 
 
 def pick_examples(predicted, labels, count):
@@ -39,16 +45,23 @@ def pick_examples(predicted, labels, count):
 
 
 def write_figure(run_dir, num_images, out):
-  run_dir = epath.Path(run_dir)
-  config = ml_collections.ConfigDict(json.loads((run_dir / "config.json").read_text()))
+  run_dir = epath.Path(files.resolve(run_dir))
+  saved = files.read_json(run_dir / "config.json", "run config")
+  if not isinstance(saved, dict):
+    raise ConfigError(f"{run_dir} holds no readable config.json: give one run's folder, such as "
+                      "<sweep workdir>/gap/seed_0")
+  config = ml_collections.ConfigDict(saved)
   if config.model.head != "gap":
     raise ConfigError(f"class activation maps need a GAP model; {run_dir} has head "
                       f"{config.model.head!r}")
   dataset = data.load_dataset(config)
   model = train.create_model(config, dataset.num_classes)
-  params = checkpointing.restore_params(run_dir)
+  try:
+    params = checkpointing.restore_params(run_dir)
+  except FileNotFoundError as e:
+    raise ConfigError(str(e)) from None
   logits, maps = class_maps(model, params, jnp.asarray(dataset.x_test))
-  predicted = np.asarray(jnp.argmax(logits, -1))
+  predicted = np.argmax(logits, -1)
   rows = pick_examples(predicted, dataset.y_test, num_images)
 
   import matplotlib
@@ -73,8 +86,8 @@ def write_figure(run_dir, num_images, out):
     row[0].axis("off")
   figure.suptitle("Class activation maps (GAP: score = mean of the map)", fontsize=10)
   figure.tight_layout()
-  out = epath.Path(out or run_dir / "class_activation_maps.png")
-  figure.savefig(str(out), dpi=110)
+  out = epath.Path(files.resolve(out) or run_dir / "class_activation_maps.png")
+  files.save_figure(figure, out, dpi=110)
   plt.close(figure)
   return out
 
@@ -83,7 +96,10 @@ def main(argv):
   if len(argv) != 2:
     raise app.UsageError("usage: python -m nin_jax.cam RUN_WORKDIR [--num_images=12] [--out=PNG]")
   checkpointing.quiet_orbax_logs()
-  print(write_figure(argv[1], flags.FLAGS.num_images, flags.FLAGS.out))
+  try:
+    print(write_figure(argv[1], flags.FLAGS.num_images, flags.FLAGS.out))
+  except NinError as e:
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -4,24 +4,45 @@ The state holds params, optimizer state, step and the base RNG key. The data pos
 entry of its own: the batch of a step is a function of (seed, step) (see data.train_batch).
 """
 import logging
+import sys
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from etils import epath
 
+from nin_jax import files
 from nin_jax.errors import CheckpointError
 
 
 class _QuietOrbax(logging.Filter):
-  """Orbax logs every step of every save at INFO; keep its warnings and errors only."""
+  """Orbax logs every step of every save at INFO; keep its warnings only.
+
+  Its errors go too: a failed background write is logged by orbax's threads (and by asyncio) as
+  several long tracebacks, while `save` and `finish` below re-raise that same failure as one line
+  that names the step, the cause and the checkpoints kept.
+  """
 
   def filter(self, record):
-    return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+    if "orbax" in record.pathname:
+      return record.levelno == logging.WARNING
+    return not (record.name == "asyncio" and record.levelno >= logging.ERROR)
 
 
 def quiet_orbax_logs():
+  """Orbax's INFO logs and the error noise of a failed background write off; see _QuietOrbax."""
   absl_logging.get_absl_handler().addFilter(_QuietOrbax())
+  # When one write of a checkpoint fails, tensorstore completes the other writes' futures after
+  # orbax closed their event loop, and reports an "Event loop is closed" traceback for each as
+  # unraisable. The failure itself reaches the user as one line from `save`.
+  default_hook = sys.unraisablehook
+
+  def unraisablehook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"):
+      default_hook(unraisable)
+
+  sys.unraisablehook = unraisablehook
 
 
 def create_manager(workdir, *, every_steps: int, keep: int) -> ocp.CheckpointManager:
@@ -74,13 +95,50 @@ def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = Fals
   """Saves `state` (at `step`: a Python int, so the device need not be waited for) if its step is
   due, or `force`. The write finishes in the background. A step already saved (a finished run
   relaunched) is left as it is.
+
+  Raises StorageError (one line: the step whose write failed, the cause, the checkpoints kept)
+  when this write or the previous background one fails, e.g. on a full disk. Orbax then keeps
+  the older checkpoints (it deletes old ones only after a write succeeds), and a relaunch once
+  space is freed resumes from the newest of them.
   """
   if step == manager.latest_step():
     return False
+  if not force and not manager.should_save(step):
+    return False
+  _wait(manager)  # the previous write: its failure is reported with its own step
   if jax.process_count() > 1:
     # pmap's replicated outputs live on this host's devices only; orbax writes global arrays.
     state = jax.tree.map(ocp.utils.fully_replicated_host_local_array_to_global_array, state)
-  return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+  try:
+    return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+  except Exception as e:  # orbax/tensorstore wrap OSError in ValueError and others
+    raise _write_failure(manager, step, e) from None
+
+
+def finish(manager: ocp.CheckpointManager):
+  """Waits for the background write in flight and closes `manager`; raises as `save` does."""
+  try:
+    _wait(manager)
+  finally:
+    manager.close()
+
+
+def _wait(manager):
+  in_flight = manager.latest_step()  # orbax lists a step as soon as its write starts
+  try:
+    manager.wait_until_finished()
+  except Exception as e:
+    raise _write_failure(manager, in_flight, e) from None
+
+
+def _write_failure(manager, step, error):
+  failure = files.write_failure(f"checkpoint step {step}", manager.directory, error)
+  kept = [s for s in manager.all_steps() if s != step]
+  failure.args = (f"{failure}. Checkpoints kept: "
+                  f"{'steps ' + str(sorted(kept)) if kept else 'none'}; free space (or fix the "
+                  "cause) and relaunch the same command to resume"
+                  f"{' from step ' + str(max(kept)) if kept else ''}",)
+  return failure
 
 
 def restore_params(workdir):

@@ -26,3 +26,7 @@ class NonFiniteLossError(NinError, RuntimeError):
 
 class CheckpointError(NinError, RuntimeError):
   """Checkpoints exist but none can be restored."""
+
+
+class StorageError(NinError, OSError):
+  """A file or checkpoint could not be written (disk full, no permission, unreachable store)."""

@@ -6,14 +6,13 @@ machines can share one sweep (a shared gs:// workdir, or copy the run folders to
 gives every arm the same data order and augmentation, so arms are compared pairwise.
 """
 import dataclasses
-import json
 import logging
 
 import jax
 import ml_collections
 from etils import epath
 
-from nin_jax import report, train, validation
+from nin_jax import files, report, train, validation
 from nin_jax.errors import ConfigError
 
 
@@ -64,8 +63,9 @@ def expand(config, only_arms=None) -> list[Run]:
 
 
 def is_finished(run_dir) -> bool:
-  summary = epath.Path(run_dir) / "summary.json"
-  return summary.exists() and json.loads(summary.read_text()).get("finished", False)
+  """Whether `run_dir` holds a finished run; an unreadable summary (one warning) means no."""
+  summary = files.read_json(epath.Path(run_dir) / "summary.json", "run summary")
+  return bool(isinstance(summary, dict) and summary.get("finished", False))
 
 
 def run_sweep(config, workdir, only_arms=None, overwrite=False):
@@ -73,18 +73,18 @@ def run_sweep(config, workdir, only_arms=None, overwrite=False):
 
   `overwrite` starts every selected run over, finished ones included.
   """
-  workdir = epath.Path(workdir)
+  workdir = epath.Path(files.resolve(workdir))
   validation.validate_ablation(config)
   runs = expand(config, only_arms)
   for run in runs:  # every arm's config, before the first run starts
     validation.validate(run.config)
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "sweep.json").write_text(json.dumps({
+    files.write_json(workdir / "sweep.json", {
         "field": config.ablation.field, "arms": list(arms(config)),
         "num_seeds": config.ablation.num_seeds,
         "paper_test_error": dict(config.ablation.paper_test_error),
-        "dataset": config.dataset}, indent=2))
+        "dataset": config.dataset})
   for index, run in enumerate(runs, start=1):
     run_dir = workdir / run.subdir
     if is_finished(run_dir) and not overwrite:

@@ -8,7 +8,6 @@ replicated (`out_axes=None`), since current JAX implements `jax.pmap` as `jit` o
 """
 import contextlib
 import functools
-import json
 import logging
 import math
 import time
@@ -22,7 +21,7 @@ import optax
 from etils import epath
 from jax import lax
 
-from nin_jax import checkpointing, data, metrics, models, validation
+from nin_jax import checkpointing, data, files, metrics, models, validation
 from nin_jax import workdir as run_workdir
 from nin_jax.errors import ConfigError, NonFiniteLossError, TrainingStuckError
 
@@ -51,19 +50,28 @@ def create_model(config, num_classes):
 
 def create_learning_rate_fn(opt: ml_collections.ConfigDict, steps_per_epoch: int,
                             total_steps: int):
-  """Learning rate by step. Durations in the config are in epochs; converted here, once."""
+  """Learning rate (float32 scalar) as a function of the step count; durations are in epochs.
+
+  Epochs count from the start of the run, warm-up included: with `warmup_epochs=5` and
+  `decay_epochs=(10, 15)` the rate rises linearly from 0 over epochs 0-5, holds, and is divided
+  by `decay_factor` from the first step of epoch 10 and again from epoch 15. Cosine decays from
+  the end of the warm-up to 0 at step `total_steps`, the end of the run (as in the flax ImageNet
+  example and big_vision). `optax.join_schedules` hands the joined schedule the steps counted from
+  its boundary, so the schedule after the warm-up is built on that shifted count here.
+  """
+  warmup_steps = round(opt.warmup_epochs * steps_per_epoch)
   if opt.schedule == "constant":
     main = optax.constant_schedule(opt.learning_rate)
   elif opt.schedule == "step":
     # The paper's recipe: divide by 10 at fixed epochs (NIN_REFERENCE.md, CIFAR-10 recipe).
     main = optax.piecewise_constant_schedule(
         opt.learning_rate,
-        {round(epoch * steps_per_epoch): opt.decay_factor for epoch in opt.decay_epochs})
+        {round(epoch * steps_per_epoch) - warmup_steps: opt.decay_factor
+         for epoch in opt.decay_epochs})
   elif opt.schedule == "cosine":
-    main = optax.cosine_decay_schedule(opt.learning_rate, max(1, total_steps))
+    main = optax.cosine_decay_schedule(opt.learning_rate, max(1, total_steps - warmup_steps))
   else:
     raise ConfigError(f"unknown schedule {opt.schedule!r}; choose constant, step or cosine")
-  warmup_steps = round(opt.warmup_epochs * steps_per_epoch)
   if not warmup_steps:
     return main
   warmup = optax.linear_schedule(0.0, opt.learning_rate, warmup_steps)
@@ -239,11 +247,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   `stop_at_step` ends this process early (a job-time limit, a test of resuming); relaunching
   with the same workdir continues. `overwrite` starts over in a workdir that holds another run.
-  Returns the summary also written to `summary.json`.
+  Returns the summary also written to `summary.json`. Raises a NinError subclass (one line for
+  the user) for a config, data, workdir or checkpoint that cannot work.
   """
   validation.validate(config)  # before anything is compiled or written
   start_time = time.time()
-  workdir = epath.Path(workdir)
+  workdir = epath.Path(files.resolve(workdir))
   is_chief = jax.process_index() == 0
 
   # --- Setup: devices and batch shapes ---------------------------------------------------------
@@ -264,6 +273,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   logging.info("Data: %s, %d train and %d test examples on this host; %d steps/epoch, %d steps",
                config.dataset, len(dataset.x_train), len(dataset.x_test), steps_per_epoch,
                total_steps)
+  model = create_model(config, dataset.num_classes)
+  # validate() worked the shapes out from the config; the loaded arrays are the final word
+  validation.check_model_fits(model, dataset.x_train.shape[1:], config)
 
   # --- Workdir: one launch at a time, one config per workdir; before any compilation ----------
   lock = None
@@ -271,11 +283,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     workdir.mkdir(parents=True, exist_ok=True)
     lock = run_workdir.lock(workdir)  # held until this process ends
     run_workdir.check_or_clear(workdir, config, overwrite)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
 
   # --- Model and optimizer ---------------------------------------------------------------------
   m = config.model
-  model = create_model(config, dataset.num_classes)
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   params = jax.jit(functools.partial(model.init, train=False))(
       init_rng, jnp.zeros((1, *dataset.x_train.shape[1:])))["params"]
@@ -308,9 +319,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   pending, window_start, window_time = [], first_step, time.time()
   test, test_step, throughputs = None, None, []
   # On any exit, finish the checkpoint writes in flight: a stopped run keeps its last good state.
-  with (contextlib.closing(manager),
+  with (_finishing(manager),
         _progress_bar(first_step, total_steps, disable=not is_chief) as progress,
-        metrics.MetricsWriter(workdir, enabled=is_chief) as writer):
+        metrics.MetricsWriter(workdir, first_step, enabled=is_chief) as writer):
     for step in range(first_step, last_step):
       state, step_metrics = p_train_step(state, next(batches))
       pending.append(step_metrics)
@@ -351,13 +362,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              "steps_per_epoch": steps_per_epoch, "devices": jax.device_count(),
              "platform": jax.devices()[0].platform, "seed": config.seed}
   if is_chief:
-    (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    files.write_json(workdir / "summary.json", summary)
     if lock:
       lock.close()
   logging.info("Summary: test accuracy %.2f%% (error %.2f%%), %s parameters, %.1f s, step %d/%d",
                100 * summary["test_accuracy"], summary["test_error_percent"],
                f"{num_params:,}", summary["wall_time_s"], summary["step"], total_steps)
   return summary
+
+
+@contextlib.contextmanager
+def _finishing(manager):
+  """Waits for the checkpoint write in flight on the way out, and reports its failure; when the
+  loop itself failed, that error is the one the user sees."""
+  try:
+    yield
+  except BaseException:
+    try:
+      checkpointing.finish(manager)
+    except Exception as e:  # the loop's error matters more; say this one in a log line
+      logging.warning("%s", e)
+    raise
+  checkpointing.finish(manager)
 
 
 def _progress_bar(first_step, total_steps, disable):

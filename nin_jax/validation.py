@@ -1,11 +1,21 @@
 """Checks a config before anything is compiled or written; each problem is one ConfigError line
 that names the field and says how to fix it."""
+import logging
+import math
+
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from nin_jax import data, models
 from nin_jax.errors import ConfigError
 
 SCHEDULES = ("constant", "step", "cosine")
+# GCN + ZCA fits a D x D covariance (D = height * width * channels) and its eigendecomposition,
+# which grows as D^3: CIFAR-10's D = 3,072 took 31 s on 2 cores here, 64 x 64 x 1 (4,096) costs
+# about 2.4x that, 64 x 64 x 3 (12,288: a 1.2 GB float64 covariance) about 64x. Beyond this,
+# refuse rather than sit silent for an hour or run out of memory.
+MAX_ZCA_DIMENSIONS = 4096
 
 
 def _require(condition, message):
@@ -57,6 +67,18 @@ def validate(config):
   decay = list(config.optimizer.decay_epochs)
   _require(decay == sorted(decay) and all(e > 0 for e in decay),
            f"--config.optimizer.decay_epochs={tuple(decay)} must be positive and ascending")
+  warmup, epochs = config.optimizer.warmup_epochs, config.num_epochs
+  _require(warmup < epochs, f"--config.optimizer.warmup_epochs={warmup} must be shorter than "
+           f"--config.num_epochs={epochs}")
+  if config.optimizer.schedule == "step":
+    _require(all(e > warmup for e in decay),
+             f"--config.optimizer.decay_epochs={tuple(decay)} must come after the warm-up "
+             f"(--config.optimizer.warmup_epochs={warmup}); decay epochs count from the start "
+             "of the run")
+    late = [e for e in decay if e >= epochs]
+    if late:
+      logging.warning("--config.optimizer.decay_epochs %s are at or beyond the run's %s "
+                      "epochs: those decays never happen", tuple(late), epochs)
   if config.dataset == "npz":
     _require(config.npz_path, "dataset 'npz' needs a file: --config.npz_path=/path/to/data.npz")
   if config.dataset == "synthetic":
@@ -69,11 +91,78 @@ def validate(config):
     _require(_get(config, key) % devices == 0,
              f"--config.{key}={_get(config, key)} does not divide by the {devices} devices; "
              f"use a multiple of {devices}")
+  image_shape = data.image_shape(config)
+  if image_shape:  # npz files are checked once loaded
+    check_preprocessing_fits(config, image_shape)
+    check_model_fits(_model(config), image_shape, config)
   per_device = config.batch_size // devices
   _require(not config.microbatch_size or per_device % config.microbatch_size == 0,
            f"--config.microbatch_size={config.microbatch_size} does not divide the per-device "
            f"batch of {per_device} ({config.batch_size} over {devices} devices); use a divisor "
            f"of {per_device}, or 0 for the whole batch at once")
+
+
+def _model(config):
+  from nin_jax import train  # train imports this module
+  return train.create_model(config, num_classes=10)  # spatial sizes do not depend on classes
+
+
+def check_preprocessing_fits(config, image_shape):
+  """Refuses GCN + ZCA on images of more than MAX_ZCA_DIMENSIONS values (see there why)."""
+  dimensions = math.prod(image_shape)
+  _require(config.preprocess != "gcn_zca" or dimensions <= MAX_ZCA_DIMENSIONS,
+           f"--config.preprocess=gcn_zca on {'x'.join(map(str, image_shape))} images needs a "
+           f"{dimensions:,} x {dimensions:,} covariance ({8 * dimensions ** 2 / 1e9:.1f} GB) and "
+           f"its eigendecomposition; nin-jax fits ZCA up to {MAX_ZCA_DIMENSIONS:,} dimensions "
+           "(CIFAR's 32x32x3 = 3,072 takes ~30 s). Use --config.preprocess=mean_std")
+
+
+def block_shapes(model, image_shape):
+  """[(input shape, output shape)] of every mlpconv block of `model` for one image of
+  `image_shape` (H, W, C), worked out by jax.eval_shape: no FLOPs, no memory."""
+  shapes = []
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if isinstance(context.module, models.MLPConv) and context.method_name == "__call__":
+      shapes.append((tuple(args[0].shape), tuple(out.shape)))
+    return out
+
+  def forward(x):
+    with nn.intercept_methods(record):
+      return model.init(jax.random.PRNGKey(0), x, train=False)
+
+  jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+  return shapes
+
+
+def _fits(model, image_shape):
+  try:
+    shapes = block_shapes(model, image_shape)
+  except (TypeError, ValueError):  # shape inference refused: a negative size
+    return False
+  return all(min(shape[1:3]) >= 1 for pair in shapes for shape in pair)
+
+
+def check_model_fits(model, image_shape, config):
+  """Raises ConfigError when some block of `model` would get or give an empty feature map for
+  `image_shape` images, naming the preset's smallest usable (square) input size."""
+  if _fits(model, image_shape):
+    return
+  channels = image_shape[-1]
+  low, high = 1, 1024  # smallest fitting size, by bisection: fitting is monotone in the size
+  if not _fits(model, (high, high, channels)):
+    smallest = "more than 1024 x 1024"
+  else:
+    while low < high:
+      middle = (low + high) // 2
+      low, high = (low, middle) if _fits(model, (middle, middle, channels)) else (middle + 1, high)
+    smallest = f"{low} x {low}"
+  raise ConfigError(f"--config.model.preset={config.model.preset} cannot take "
+                    f"{image_shape[0]} x {image_shape[1]} images ({config.dataset}): a block's "
+                    f"feature map would be empty; its smallest input is {smallest}. Pick a preset "
+                    "sized for the data (nin_digits: 8 x 8, nin_cifar: 32 x 32, nin_imagenet: "
+                    "224 x 224)")
 
 
 def validate_ablation(config):

@@ -5,6 +5,7 @@ import os
 
 from etils import epath
 
+from nin_jax import files
 from nin_jax.errors import ConfigError
 
 # Fields that do not change what is trained: a run may resume with other values.
@@ -79,7 +80,14 @@ def check_or_clear(workdir, config, overwrite: bool):
     return
   if not saved.exists():
     return
-  fields = differing_fields(json.loads(saved.read_text()), config.to_dict())
+  old = files.read_json(saved, "run config")
+  if not isinstance(old, dict):  # cut by a kill before writes were atomic, or edited by hand
+    if (path / "checkpoints").exists():
+      raise ConfigError(f"{saved} is unreadable, so the checkpoints in {workdir} cannot be "
+                        "matched to a config; pass --overwrite to start over there, or pick "
+                        "another --workdir")
+    return  # nothing to resume: this launch writes its own config.json
+  fields = differing_fields(old, config.to_dict())
   if fields:
     shown = ", ".join(f"{k} ({old!r} there, {new!r} now)"
                       for k, (old, new) in list(fields.items())[:6])
