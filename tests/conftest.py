@@ -4,7 +4,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+
+
+def xla_flags(devices):
+  """XLA_FLAGS for `devices` simulated CPU devices. On a busy 2-core machine the threads of an
+  all-reduce can reach it far apart; XLA:CPU's default rendezvous timeout then aborted the process
+  (once in three tries here). 300 s still ends a real deadlock well inside the tests' timeouts."""
+  return (f"--xla_force_host_platform_device_count={devices} "
+          "--xla_cpu_collective_call_terminate_timeout_seconds=300 "
+          "--xla_cpu_collective_timeout_seconds=300 "
+          "--xla_cpu_collective_call_warn_stuck_timeout_seconds=60")
+
+
+os.environ["XLA_FLAGS"] = xla_flags(4)
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -33,7 +45,7 @@ def digits_config(**overrides):
 
 def run_launch(*args, devices=4, timeout=600):
   """`python launch.py ARGS` in a fresh process with `devices` CPU devices."""
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(devices))
   return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import REPO, final_params, flatten, run_launch
+from conftest import REPO, xla_flags, final_params, flatten, run_launch
 
 RUN = ["--config=experiments/default.py:digits", "--config.num_epochs=0.5",
        "--config.log_every_steps=5", "--config.eval_every_steps=0",
@@ -22,7 +22,7 @@ def free_port():
 
 
 def launch_two_processes(workdir):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(2))
   address = f"127.0.0.1:{free_port()}"
   processes = [subprocess.Popen(
       [sys.executable, "launch.py", *RUN, f"--workdir={workdir}", f"--coordinator_address={address}",

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, digits_config, final_params, flatten, run_launch
+from conftest import REPO, xla_flags, digits_config, final_params, flatten, run_launch
 
 from nin_jax import data, train, validation
 from nin_jax import workdir as run_workdir
@@ -31,7 +31,7 @@ def test_kill_9_at_random_steps_then_relaunch_is_bit_identical(tmp_path):
   reference = run_launch(*KILL_RUN, f"--workdir={tmp_path / 'reference'}", devices=2)
   assert reference.returncode == 0, reference.stderr[-2000:]
   expected = flatten(final_params(tmp_path / "reference"))
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(2))
   trials = random.Random(0).sample(range(2, 40), 3)
   for kill_after in trials:
     workdir = tmp_path / f"killed_at_{kill_after}"
