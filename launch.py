@@ -95,10 +95,17 @@ def parse_flags(argv):
     _check_flag_combinations(flags.FLAGS)
     return remaining
   except AttributeError as e:  # a --config.x.y override that names no field
+    if "get_config" in str(e):
+      sys.exit(f"error: the --config file defines no get_config(variant) function; a config "
+               "file returns an ml_collections.ConfigDict from it (see experiments/default.py)")
     name, _, hint = _one_line(e).replace("'", "").replace('"', '').partition(" Did you mean")
     sys.exit(f"error: --config has no field {name!r}" + (f"; did you mean{hint}" if hint else ""))
   except (flags.Error, OSError, KeyError, TypeError, ValueError) as e:
     sys.exit(f"error: {_one_line(e)}")
+  except Exception as e:  # noqa: BLE001 -- the config file's own code failed (SyntaxError, ...)
+    where = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+    sys.exit(f"error: the --config file failed to load{where}: {type(e).__name__}: "
+             f"{_one_line(e)[:300]}")
 
 
 def _check_flag_combinations(FLAGS):

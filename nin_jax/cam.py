@@ -19,7 +19,9 @@ from etils import epath
 from nin_jax import checkpointing, data, files, train
 from nin_jax.errors import ConfigError, NinError
 
-flags.DEFINE_integer("num_images", 12, "How many test images (rows).")
+# At 2 inches a row, 64 rows is a 14,000-pixel-tall PNG; matplotlib refuses far beyond it.
+flags.DEFINE_integer("num_images", 12, "How many test images (rows).", lower_bound=1,
+                     upper_bound=64)
 flags.DEFINE_string("out", None, "PNG path; default RUN_WORKDIR/class_activation_maps.png.")
 
 
@@ -97,6 +99,7 @@ def main(argv):
     raise app.UsageError("usage: python -m nin_jax.cam RUN_WORKDIR [--num_images=12] [--out=PNG]")
   checkpointing.quiet_orbax_logs()
   try:
+    files.check_reachable(argv[1], "RUN_WORKDIR")
     print(write_figure(argv[1], flags.FLAGS.num_images, flags.FLAGS.out))
   except NinError as e:
     sys.exit(f"error: {e}")

@@ -120,7 +120,10 @@ def finish(manager: ocp.CheckpointManager):
   try:
     _wait(manager)
   finally:
-    manager.close()
+    try:
+      manager.close()  # waits again: a failed write would raise a second time, raw
+    except Exception:  # noqa: BLE001 -- that failure was raised by _wait just now
+      pass
 
 
 def _wait(manager):

@@ -120,10 +120,16 @@ def load_tfds(name, data_dir, download):
 
   splits = builder.info.splits
 
-  def split(name):  # this host's part of the split only
-    start, end = host_range(splits[name].num_examples)
-    return tfds.as_numpy(builder.as_dataset(
-        split=f"{name}[{start}:{end}]", batch_size=-1, as_supervised=True))
+  def split(part):  # this host's share of the split only
+    start, end = host_range(splits[part].num_examples)
+    try:
+      return tfds.as_numpy(builder.as_dataset(
+          split=f"{part}[{start}:{end}]", batch_size=-1, as_supervised=True))
+    except Exception as e:  # tf.errors.DataLossError, NotFoundError: a cut or missing shard
+      raise DataError(f"TFDS dataset {name!r} in {str(builder.data_dir)!r} cannot be read "
+                      f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); a file is "
+                      "missing or cut: prepare it again (delete that folder, then "
+                      "download_and_prepare) or copy it again") from None
 
   return Dataset(*split("train"), *split("test"), builder.info.features["label"].num_classes,
                  splits["train"].num_examples, splits["test"].num_examples)

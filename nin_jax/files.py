@@ -17,6 +17,7 @@ import errno
 import json
 import logging
 import os
+import re
 import uuid
 
 from etils import epath
@@ -30,12 +31,25 @@ def is_remote(path) -> bool:
 
 def resolve(path):
   """`path` as an absolute local path (str) with `~` expanded, or unchanged if it is a URL
-  (gs://...) or empty (None, ""): the form every later call can rely on."""
+  (gs://...) or empty (None, ""): the form every later call can rely on.
+
+  Raises ConfigError for a path with glob characters (measured: a workdir named 'a[lr=0.1]'
+  hides every process folder from Orbax's checkpoint merge), and for a URL with one slash (`gs:/bucket`, what pathlib makes of `gs://`),
+  which would otherwise become a local folder named `gs:` and train to the local disk unnoticed.
+  """
   if not path:
     return path
   path = os.fspath(path)
+  if any(c in path for c in "[]*?"):
+    raise ConfigError(f"{path!r} holds a glob character ([, ], * or ?): Orbax and TFDS find their "
+                      "files by glob patterns that include the folder, so a run there could not "
+                      "find its own checkpoints; rename it, e.g. 'lr=0.1' instead of '[lr=0.1]'")
   if is_remote(path):
     return path
+  if re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", path):
+    scheme, _, rest = path.partition(":")
+    raise ConfigError(f"{path!r} looks like a URL with one slash; did you mean "
+                      f"'{scheme}://{rest.lstrip('/')}'?")
   return os.path.abspath(os.path.expanduser(path))
 
 

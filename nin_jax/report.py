@@ -352,6 +352,7 @@ def main(argv):
   if len(argv) != 2:
     sys.exit("usage: python -m nin_jax.report WORKDIR   (the --workdir of a sweep)")
   try:
+    files.check_reachable(argv[1], "WORKDIR")
     path = write_report(argv[1])
   except NinError as e:
     sys.exit(f"error: {e}")

@@ -64,10 +64,12 @@ def create_learning_rate_fn(opt: ml_collections.ConfigDict, steps_per_epoch: int
     main = optax.constant_schedule(opt.learning_rate)
   elif opt.schedule == "step":
     # The paper's recipe: divide by 10 at fixed epochs (NIN_REFERENCE.md, CIFAR-10 recipe).
+    boundaries = [round(epoch * steps_per_epoch) - warmup_steps for epoch in opt.decay_epochs]
+    if len(set(boundaries)) < len(boundaries):  # a dict keyed by step would merge them
+      raise ConfigError(f"--config.optimizer.decay_epochs={tuple(opt.decay_epochs)} fall on the "
+                        f"same step at {steps_per_epoch} steps per epoch; space them further")
     main = optax.piecewise_constant_schedule(
-        opt.learning_rate,
-        {round(epoch * steps_per_epoch) - warmup_steps: opt.decay_factor
-         for epoch in opt.decay_epochs})
+        opt.learning_rate, {boundary: opt.decay_factor for boundary in boundaries})
   elif opt.schedule == "cosine":
     main = optax.cosine_decay_schedule(opt.learning_rate, max(1, total_steps - warmup_steps))
   else:
@@ -270,12 +272,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise ConfigError(f"batch_size {config.batch_size} exceeds the {dataset.num_train_examples} "
                      "training examples; lower --config.batch_size")
   total_steps = round(config.num_epochs * steps_per_epoch)
+  if total_steps < 1:
+    raise ConfigError(f"--config.num_epochs={config.num_epochs} is less than one step of "
+                      f"{steps_per_epoch} per epoch; train for at least {1 / steps_per_epoch:.3g} "
+                      "epochs")
   logging.info("Data: %s, %d train and %d test examples on this host; %d steps/epoch, %d steps",
                config.dataset, len(dataset.x_train), len(dataset.x_test), steps_per_epoch,
                total_steps)
   model = create_model(config, dataset.num_classes)
   # validate() worked the shapes out from the config; the loaded arrays are the final word
   validation.check_model_fits(model, dataset.x_train.shape[1:], config)
+  learning_rate_fn = create_learning_rate_fn(config.optimizer, steps_per_epoch, total_steps)
 
   # --- Workdir: one launch at a time, one config per workdir; before any compilation ----------
   lock = None
@@ -291,7 +298,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   params = jax.jit(functools.partial(model.init, train=False))(
       init_rng, jnp.zeros((1, *dataset.x_train.shape[1:])))["params"]
   num_params = count_params(params)
-  learning_rate_fn = create_learning_rate_fn(config.optimizer, steps_per_epoch, total_steps)
   tx = create_optimizer(config.optimizer, params, learning_rate_fn)
   state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=train_rng)
   logging.info("Model: %s, head %s, %s parameters", m.preset, m.head, f"{num_params:,}")

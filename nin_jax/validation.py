@@ -64,9 +64,22 @@ def validate(config):
   if config.model.dropout is not None:
     _require(0 <= config.model.dropout < 1,
              f"--config.model.dropout={config.model.dropout} must be in [0, 1)")
+  _require(math.isfinite(config.num_epochs),
+           f"--config.num_epochs={config.num_epochs} must be a finite number of epochs")
+  _require(config.optimizer.decay_factor <= 1,
+           f"--config.optimizer.decay_factor={config.optimizer.decay_factor} multiplies the rate "
+           "at each decay epoch: use a factor in (0, 1], such as 0.1")
   decay = list(config.optimizer.decay_epochs)
-  _require(decay == sorted(decay) and all(e > 0 for e in decay),
-           f"--config.optimizer.decay_epochs={tuple(decay)} must be positive and ascending")
+  _require(all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in decay),
+           f"--config.optimizer.decay_epochs={tuple(decay)} must be numbers of epochs, "
+           "for example '(200, 230)'")
+  _require(all(a < b for a, b in zip(decay, decay[1:])) and all(e > 0 for e in decay),
+           f"--config.optimizer.decay_epochs={tuple(decay)} must be positive and strictly "
+           "ascending")
+  hidden = list(config.model.fc_hidden)
+  _require(all(isinstance(w, int) and w > 0 for w in hidden),
+           f"--config.model.fc_hidden={tuple(hidden)} must be positive layer widths, "
+           "for example '(512,)'")
   warmup, epochs = config.optimizer.warmup_epochs, config.num_epochs
   _require(warmup < epochs, f"--config.optimizer.warmup_epochs={warmup} must be shorter than "
            f"--config.num_epochs={epochs}")

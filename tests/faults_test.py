@@ -375,3 +375,70 @@ def test_an_error_in_the_input_thread_stops_training(tmp_path, monkeypatch):
   outcome = _within(300, lambda: train.train_and_evaluate(digits_config(), tmp_path))
   assert isinstance(outcome.get("error"), MemoryError), outcome
   assert "step 6" in str(outcome["error"])
+
+
+# Found by searching public trackers for how users break such code ------------------------------
+
+def test_a_url_with_one_slash_is_refused_not_made_a_local_folder():
+  """pathlib turns gs://b into gs:/b; resolved as local, a run would train to ./gs:/b unnoticed."""
+  with pytest.raises(ConfigError, match=r"did you mean 'gs://bucket/run'"):
+    files.resolve("gs:/bucket/run")
+  assert files.resolve("run:1") == os.path.join(os.getcwd(), "run:1")  # a colon alone is fine
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"optimizer.schedule": "step", "optimizer.decay_epochs": (30, 30)}, "strictly ascending"),
+    ({"optimizer.schedule": "step", "optimizer.decay_epochs": ("abc",)}, "must be numbers"),
+    ({"optimizer.decay_factor": 10.0}, "decay_factor=10.0 multiplies"),
+    ({"num_epochs": float("inf")}, "num_epochs=inf must be a finite"),
+    ({"model.head": "fc", "model.fc_hidden": (-8,)}, "fc_hidden=(-8,) must be positive"),
+])
+def test_values_the_flag_parser_accepts_but_cannot_work(fields, message):
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    validation.validate(digits_config(**fields))
+
+
+def test_decay_epochs_on_the_same_step_and_runs_shorter_than_a_step_are_refused(tmp_path):
+  config = digits_config(**{"optimizer.schedule": "step", "optimizer.decay_epochs": (3, 3.01)})
+  with pytest.raises(ConfigError, match=r"fall on the same step at 22 steps per epoch"):
+    train.train_and_evaluate(config, tmp_path / "a")
+  with pytest.raises(ConfigError, match=r"num_epochs=0.01 is less than one step"):
+    train.train_and_evaluate(digits_config(num_epochs=0.01), tmp_path / "b")
+  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("contents, message", [
+    ("x = 1\n", "error: the --config file defines no get_config(variant) function"),
+    ("def get_config(v=''):\n  return 3 ×\n", "error: the --config file failed to load (line 2): "
+                                              "SyntaxError"),
+    ("def get_config(v=''):\n  return undefined_name\n", "error: the --config file failed to "
+                                                        "load: NameError"),
+])
+def test_a_broken_config_file_is_one_line(contents, message, tmp_path):
+  (tmp_path / "my_config.py").write_text(contents)
+  result = run_launch(f"--config={tmp_path / 'my_config.py'}", f"--workdir={tmp_path / 'w'}",
+                      devices=1, timeout=120)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert last_line(result).startswith(message), last_line(result)
+
+
+def test_a_cut_tfds_shard_is_one_line(tmp_path):
+  from data_test import TinyMnist
+  TinyMnist(data_dir=str(tmp_path)).download_and_prepare()
+  shard = next(tmp_path.rglob("mnist-train.tfrecord*"))
+  shard.write_bytes(shard.read_bytes()[:100])
+  with pytest.raises(Exception) as error:
+    data.load_dataset(digits_config(dataset="mnist", data_dir=str(tmp_path)))
+  assert type(error.value).__name__ == "DataError"
+  assert "cannot be read" in str(error.value) and "prepare it again" in str(error.value)
+
+
+def test_a_workdir_with_glob_characters_is_refused(tmp_path):
+  """Orbax merges a checkpoint's per-process folders with a glob that includes the folder."""
+  with pytest.raises(ConfigError, match=r"glob character .* rename it"):
+    files.resolve(tmp_path / "a[lr=0.1]")
+  result = run_launch("--config=experiments/default.py:digits",
+                      f"--workdir={tmp_path / 'b[lr=0.1]'}", devices=1, timeout=120)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  assert "glob character" in last_line(result)
+  assert not (tmp_path / "b[lr=0.1]").exists()

@@ -51,6 +51,9 @@ def test_kill_9_at_random_steps_then_relaunch_is_bit_identical(tmp_path):
     actual = flatten(final_params(workdir))
     for name in expected:
       assert actual[name].tobytes() == expected[name].tobytes(), (kill_after, killed_at, name)
+    # the log: every line readable, each step once, ascending, as in the uninterrupted run
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == list(range(1, 45)), killed_at
     print(f"killed after step {killed_at}; resumed run bit-identical")
 
 
