@@ -113,7 +113,8 @@ def _check_flag_combinations(FLAGS):
   multi = ("--coordinator_address", "--num_processes", "--process_id")
   given = [name for name in multi if getattr(FLAGS, name[2:]) is not None]
   if given and len(given) < 3:
-    sys.exit(f"error: {', '.join(given)} needs {' and '.join(set(multi) - set(given))} as well: "
+    missing = [name for name in multi if name not in given]
+    sys.exit(f"error: {', '.join(given)} needs {' and '.join(missing)} as well: "
              "a multi-process run takes all three (--coordinator_address=HOST:PORT of process 0, "
              "--num_processes=N, --process_id=0..N-1)")
   if given and FLAGS.multihost:

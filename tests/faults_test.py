@@ -18,7 +18,7 @@ from conftest import REPO, digits_config, run_launch, xla_flags
 from data_test import write_npz
 from report_test import write_fake_sweep
 
-from nin_jax import data, files, metrics, report, sweep, train, validation
+from nin_jax import cam, data, files, metrics, report, sweep, train, validation
 from nin_jax import workdir as run_workdir
 from nin_jax.errors import ConfigError, StorageError
 
@@ -47,7 +47,7 @@ def test_paths_are_resolved_once_at_the_entry_point(tmp_path, monkeypatch):
   assert files.resolve(None) is None and files.resolve("") == ""
 
 
-def test_relative_workdir_and_npz_path_train_checkpoint_and_resume(tmp_path):
+def test_relative_workdir_and_npz_path_train_checkpoint_and_resume(tmp_path, monkeypatch):
   """The instance: --workdir=runs/a made every checkpoint save fail and the run die."""
   write_npz(tmp_path / "d.npz", x_train=np.random.default_rng(0).integers(
       0, 256, (64, 8, 8, 1), np.uint8), y_train=np.arange(64) % 4,
@@ -67,17 +67,14 @@ def test_relative_workdir_and_npz_path_train_checkpoint_and_resume(tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert f"Resuming from checkpoint step 12 in {run / 'checkpoints'}" in again.stderr
 
-  # the CAM command and the report take relative folders too
-  cam = subprocess.run([sys.executable, "-m", "nin_jax.cam", "runs/a", "--num_images=4",
-                        "--out=cam.png"], cwd=tmp_path, capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=xla_flags(1)))
-  assert cam.returncode == 0, cam.stderr[-3000:]
+  # the CAM command and the report take relative folders too (in this process: the same
+  # entry functions their `main`s call, without two more interpreter start-ups)
+  monkeypatch.chdir(tmp_path)
+  assert cam.write_figure("runs/a", 4, "cam.png") == tmp_path / "cam.png"
   assert (tmp_path / "cam.png").read_bytes()[:4] == b"\x89PNG"
   (tmp_path / "sweep").mkdir()
   write_fake_sweep(tmp_path / "sweep", {"gap": [1.0, 2.0], "fc": [2.0, 3.0]})
-  rep = subprocess.run([sys.executable, "-m", "nin_jax.report", "sweep"], cwd=tmp_path,
-                       capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
-  assert rep.returncode == 0, rep.stderr[-3000:]
+  assert report.write_report("sweep") == tmp_path / "sweep" / "report.md"
   assert (tmp_path / "sweep" / "report.md").exists()
 
 
@@ -289,7 +286,7 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_once_space_is_freed(tmp_pat
   mount.mkdir()
   workdir = mount / "run"
   launch = (f"{sys.executable} {REPO / 'launch.py'} --config=experiments/default.py:digits "
-            f"--workdir={workdir} --config.num_epochs=2 --config.checkpoint_every_steps=10 "
+            f"--workdir={workdir} --config.num_epochs=1 --config.checkpoint_every_steps=10 "
             "--config.log_every_steps=5 --config.eval_every_steps=0")
   script = textwrap.dedent(f"""\
       mount -t tmpfs -o size=1200k tmpfs {mount}
