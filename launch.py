@@ -64,6 +64,8 @@ def main(argv):
     config.data_dir = files.resolve(config.data_dir)
     config.npz_path = files.resolve(config.npz_path)
     files.check_reachable(workdir, "--workdir")
+    if not files.is_remote(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
+      sys.exit(f"error: --workdir={workdir} is a file, not a folder; pick another --workdir")
     files.check_reachable(config.data_dir, "--config.data_dir")
     files.check_reachable(config.npz_path, "--config.npz_path")
     if "ablation" in config:  # every arm x seed, then the report
@@ -74,7 +76,7 @@ def main(argv):
     sys.exit(f"error: {e}")
   except OSError as e:  # a file system refusing: disk full, no permission, a read-only mount
     sys.exit(f"error: {files.write_failure('a file', e.filename or workdir, e)}; fix that, then "
-             "relaunch the same command: the run resumes from its last checkpoint")
+             "relaunch the same command (a run resumes from its last checkpoint, if it has one)")
   except Exception as e:  # noqa: BLE001 -- a bug: one line here, the whole traceback in a file
     import tempfile
     import traceback

@@ -48,6 +48,9 @@ def pick_examples(predicted, labels, count):
 
 def write_figure(run_dir, num_images, out):
   run_dir = epath.Path(files.resolve(run_dir))
+  out = epath.Path(files.resolve(out) or run_dir / "class_activation_maps.png")
+  if not out.parent.is_dir():
+    raise ConfigError(f"--out folder {out.parent} does not exist; create it or pick another")
   saved = files.read_json(run_dir / "config.json", "run config")
   if not isinstance(saved, dict):
     raise ConfigError(f"{run_dir} holds no readable config.json: give one run's folder, such as "
@@ -88,7 +91,6 @@ def write_figure(run_dir, num_images, out):
     row[0].axis("off")
   figure.suptitle("Class activation maps (GAP: score = mean of the map)", fontsize=10)
   figure.tight_layout()
-  out = epath.Path(files.resolve(out) or run_dir / "class_activation_maps.png")
   files.save_figure(figure, out, dpi=110)
   plt.close(figure)
   return out

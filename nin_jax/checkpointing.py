@@ -136,9 +136,12 @@ def _wait(manager):
 
 def _write_failure(manager, step, error):
   failure = files.write_failure(f"checkpoint step {step}", manager.directory, error)
-  kept = [s for s in manager.all_steps() if s != step]
+  # what is on disk, finished: orbax's own list can already omit steps due for deletion
+  directory = epath.Path(manager.directory)
+  kept = sorted(int(p.name) for p in directory.iterdir()
+                if p.name.isdigit() and int(p.name) != step)
   failure.args = (f"{failure}. Checkpoints kept: "
-                  f"{'steps ' + str(sorted(kept)) if kept else 'none'}; free space (or fix the "
+                  f"{'steps ' + str(kept) if kept else 'none'}; free space (or fix the "
                   "cause) and relaunch the same command to resume"
                   f"{' from step ' + str(max(kept)) if kept else ''}",)
   return failure

@@ -188,6 +188,11 @@ def load_npz(path):
       raise
     raise DataError(f"npz file {path!r} cannot be read ({e}); write it with numpy.savez") from None
   _check_npz_arrays(arrays)
+  unseen = sorted(set(np.unique(arrays["y_test"]).tolist()) - set(np.unique(arrays["y_train"]).tolist()))
+  if unseen:  # would silently add classes that no training example teaches
+    raise DataError(f"npz y_test holds labels {unseen[:5]} that no training example has (y_train: "
+                    f"{int(arrays['y_train'].min())}..{int(arrays['y_train'].max())}); check the "
+                    "label mapping of the two splits")
   num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
   return _sharded(*(arrays[k] for k in NPZ_KEYS), num_classes)
 

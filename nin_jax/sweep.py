@@ -13,6 +13,7 @@ import ml_collections
 from etils import epath
 
 from nin_jax import files, report, train, validation
+from nin_jax import workdir as run_workdir
 from nin_jax.errors import ConfigError
 
 
@@ -78,6 +79,8 @@ def run_sweep(config, workdir, only_arms=None, overwrite=False):
   runs = expand(config, only_arms)
   for run in runs:  # every arm's config, before the first run starts
     validation.validate(run.config)
+    if not overwrite:  # a finished run of another config must not pass as this sweep's
+      run_workdir.check_or_clear(workdir / run.subdir, run.config, overwrite=False)
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
     files.write_json(workdir / "sweep.json", {

@@ -65,7 +65,10 @@ def differing_fields(saved: dict, config: dict) -> dict[str, tuple]:
 
 
 def check_or_clear(workdir, config, overwrite: bool):
-  """Refuses a workdir that holds a run of another config, unless `overwrite` (then clears it)."""
+  """Refuses a workdir that holds a run of another config, unless `overwrite` (then clears it).
+
+  Raises ConfigError naming the fields that differ (bookkeeping fields aside).
+  """
   path = epath.Path(workdir)
   saved = path / "config.json"
   if overwrite:

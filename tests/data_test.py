@@ -153,7 +153,8 @@ def test_npz_in_another_convention_is_one_line_with_the_fix(tmp_path, changes, f
 def test_npz_edge_cases_that_are_fine_are_accepted(tmp_path):
   # NHWC whose height is 3 or 4 is not channels-first; a split without label 0 is not 1-based
   path = write_npz(tmp_path / "d.npz", x_train=np.zeros((20, 4, 6, 3), np.uint8),
-                   x_test=np.zeros((7, 4, 6, 3), np.uint8), y_train=np.arange(20) % 4 + 1)
+                   x_test=np.zeros((7, 4, 6, 3), np.uint8), y_train=np.arange(20) % 5,
+                   y_test=np.arange(7) % 4 + 1)
   dataset = data.load_npz(path)
   assert dataset.x_train.shape == (20, 4, 6, 3) and dataset.num_classes == 5
 

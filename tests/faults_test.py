@@ -18,7 +18,7 @@ from conftest import REPO, digits_config, run_launch, xla_flags
 from data_test import write_npz
 from report_test import write_fake_sweep
 
-from nin_jax import cam, data, files, metrics, report, sweep, train, validation
+from nin_jax import cam, checkpointing, data, files, metrics, report, sweep, train, validation
 from nin_jax import workdir as run_workdir
 from nin_jax.errors import ConfigError, StorageError
 
@@ -63,14 +63,20 @@ def test_relative_workdir_and_npz_path_train_checkpoint_and_resume(tmp_path, mon
   assert steps == [4, 8, 12]
   saved = json.loads((run / "config.json").read_text())
   assert saved["npz_path"] == str(tmp_path / "d.npz")  # absolute in the saved config
+  trained = json.loads((run / "summary.json").read_text())
   again = launch_in(tmp_path, *args)
   assert again.returncode == 0, again.stderr[-3000:]
   assert f"Resuming from checkpoint step 12 in {run / 'checkpoints'}" in again.stderr
+  evaluated = json.loads((run / "summary.json").read_text())  # a relaunch only re-evaluates:
+  for key in ("wall_time_s", "train_images_per_s", "test_accuracy"):  # its training figures stay
+    assert evaluated[key] == trained[key], key
 
   # the CAM command and the report take relative folders too (in this process: the same
   # entry functions their `main`s call, without two more interpreter start-ups)
   monkeypatch.chdir(tmp_path)
   assert cam.write_figure("runs/a", 4, "cam.png") == tmp_path / "cam.png"
+  with pytest.raises(ConfigError, match="--out folder .*no/such does not exist"):
+    cam.write_figure("runs/a", 4, "no/such/cam.png")
   assert (tmp_path / "cam.png").read_bytes()[:4] == b"\x89PNG"
   (tmp_path / "sweep").mkdir()
   write_fake_sweep(tmp_path / "sweep", {"gap": [1.0, 2.0], "fc": [2.0, 3.0]})
@@ -291,7 +297,6 @@ def test_a_full_disk_is_one_line_and_the_run_resumes_once_space_is_freed(tmp_pat
   script = textwrap.dedent(f"""\
       mount -t tmpfs -o size=1200k tmpfs {mount}
       {launch} 2> {tmp_path / 'full.log'}; echo "first exit $?"
-      ls {workdir / 'checkpoints'}
       mount -o remount,size=64m {mount}
       {launch} 2> {tmp_path / 'freed.log'}; echo "second exit $?"
       cat {workdir / 'summary.json'}
@@ -324,6 +329,10 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_pa
 
 def test_a_workdir_that_cannot_be_created_is_one_line(tmp_path):
   (tmp_path / "a_file").write_text("")
+  result = run_launch("--config=experiments/default.py:digits",
+                      f"--workdir={tmp_path / 'a_file'}", devices=1, timeout=120)
+  assert result.returncode == 1 and last_line(result) == (
+      f"error: --workdir={tmp_path / 'a_file'} is a file, not a folder; pick another --workdir")
   result = run_launch("--config=experiments/default.py:digits",
                       f"--workdir={tmp_path / 'a_file' / 'run'}", devices=1, timeout=120)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -439,3 +448,47 @@ def test_a_workdir_with_glob_characters_is_refused(tmp_path):
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert "glob character" in last_line(result)
   assert not (tmp_path / "b[lr=0.1]").exists()
+
+
+def test_a_sweep_relaunched_with_another_config_is_refused_before_any_run(tmp_path):
+  """Finished runs were skipped whatever their config: a changed sweep passed them off as its own."""
+  from experiments import ablate_head
+  config = ablate_head.get_config("digits")
+  config.ablation.num_seeds = 1
+  old = sweep.expand(config)[1]  # fc, seed 0, as an earlier launch trained it
+  old.config.num_epochs = 0.5
+  (tmp_path / old.subdir).mkdir(parents=True)
+  (tmp_path / old.subdir / "config.json").write_text(old.config.to_json())
+  (tmp_path / old.subdir / "summary.json").write_text('{"finished": true}')
+  with pytest.raises(ConfigError, match=r"fc/seed_0 holds a run with another config: "
+                                        r"num_epochs \(0\.5 there, 60\.0 now\)"):
+    sweep.run_sweep(config, tmp_path)
+  assert not (tmp_path / "gap").exists()  # refused before the first run
+
+
+def test_float32_noise_in_old_summaries_is_not_a_finding():
+  """Two seeds, each 10 of 359 digits apart, stored through float32: -2.785515785 and
+  -2.785514295. The paired t-test read the noise as spread (p = 1.7e-7)."""
+  a = [10.0, 12.0]
+  b = [12.785515785, 14.785514295]
+  assert report.paired_t_test(a, b)[2] == pytest.approx(0.5)  # the sign test's 2 * 0.5^2
+
+
+def test_npz_test_labels_that_no_training_example_has_are_refused(tmp_path):
+  path = write_npz(tmp_path / "d.npz", y_test=np.array([0, 1, 2, 3, 0, 1, 10]))
+  with pytest.raises(Exception, match=r"y_test holds labels \[10\] that no training example"):
+    data.load_npz(path)
+
+
+def test_the_checkpoints_named_as_kept_are_those_on_disk(tmp_path):
+  """Relaunched on a full disk with keep_checkpoints=1, the line said 'kept: none' while steps 5
+  and 10 were on disk: orbax's own list omits steps it means to delete."""
+  manager = checkpointing.create_manager(tmp_path, every_steps=5, keep=1)
+  for name in ("5", "10", "15.orbax-checkpoint-tmp"):
+    (tmp_path / "checkpoints" / name).mkdir()
+  error = checkpointing._write_failure(manager, 15, OSError(28, "No space left on device"))
+  assert str(error) == (f"writing checkpoint step 15 to {tmp_path / 'checkpoints'} failed: the "
+                        "disk is full (No space left on device). Checkpoints kept: steps [5, 10]; "
+                        "free space (or fix the cause) and relaunch the same command to resume "
+                        "from step 10")
+  manager.close()
