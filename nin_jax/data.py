@@ -127,7 +127,7 @@ def load_tfds(name, data_dir, download):
           split=f"{part}[{start}:{end}]", batch_size=-1, as_supervised=True))
     except Exception as e:  # tf.errors.DataLossError, NotFoundError: a cut or missing shard
       raise DataError(f"TFDS dataset {name!r} in {str(builder.data_dir)!r} cannot be read "
-                      f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); a file is "
+                      f"({type(e).__name__}: {files.one_line(e, 200)}); a file is "
                       "missing or cut: prepare it again (delete that folder, then "
                       "download_and_prepare) or copy it again") from None
 
@@ -188,7 +188,7 @@ def load_npz(path):
       raise
     raise DataError(f"npz file {path!r} cannot be read ({e}); write it with numpy.savez") from None
   _check_npz_arrays(arrays)
-  unseen = sorted(set(np.unique(arrays["y_test"]).tolist()) - set(np.unique(arrays["y_train"]).tolist()))
+  unseen = sorted(set(arrays["y_test"].tolist()) - set(arrays["y_train"].tolist()))
   if unseen:  # would silently add classes that no training example teaches
     raise DataError(f"npz y_test holds labels {unseen[:5]} that no training example has (y_train: "
                     f"{int(arrays['y_train'].min())}..{int(arrays['y_train'].max())}); check the "

@@ -25,6 +25,11 @@ from etils import epath
 from nin_jax.errors import ConfigError, StorageError
 
 
+def one_line(error: BaseException, limit: int | None = 300) -> str:
+  """An exception's text on one line (whitespace collapsed), cut to `limit` characters."""
+  return " ".join(str(error).split())[:limit]
+
+
 def is_remote(path) -> bool:
   return "://" in os.fspath(path)
 
@@ -34,8 +39,9 @@ def resolve(path):
   (gs://...) or empty (None, ""): the form every later call can rely on.
 
   Raises ConfigError for a path with glob characters (measured: a workdir named 'a[lr=0.1]'
-  hides every process folder from Orbax's checkpoint merge), and for a URL with one slash (`gs:/bucket`, what pathlib makes of `gs://`),
-  which would otherwise become a local folder named `gs:` and train to the local disk unnoticed.
+  hides every process folder from Orbax's checkpoint merge), and for a URL with one slash
+  (`gs:/bucket`, what pathlib makes of `gs://`), which would otherwise become a local folder
+  named `gs:` and train to the local disk unnoticed.
   """
   if not path:
     return path
@@ -69,8 +75,7 @@ def check_reachable(path, flag: str):
   try:
     found = epath.Path(bucket).exists()
   except Exception as e:  # tf.errors.*, google.auth, fsspec: many types, one meaning here
-    first = " ".join(str(e).split())[:300]
-    raise ConfigError(f"{flag}={path} cannot be reached ({type(e).__name__}: {first}). "
+    raise ConfigError(f"{flag}={path} cannot be reached ({type(e).__name__}: {one_line(e)}). "
                       f"{causes}") from None
   if not found:
     raise ConfigError(f"{flag}={path}: bucket {bucket} does not exist or is not visible to "
@@ -79,7 +84,7 @@ def check_reachable(path, flag: str):
 
 def write_failure(what: str, path, error: BaseException) -> StorageError:
   """The one-line error for a failed write of `what` (e.g. 'checkpoint step 40') to `path`."""
-  text = " ".join(str(error).split())
+  text = one_line(error, limit=None)
   if getattr(error, "errno", None) == errno.ENOSPC or "No space left" in text or (
       "RESOURCE_EXHAUSTED" in text and "os_error_code='28'" in text):
     cause = "the disk is full (No space left on device)"
@@ -125,7 +130,7 @@ def read_json(path, what: str = "file"):
     return json.loads(path.read_text())
   except (OSError, ValueError, UnicodeDecodeError) as e:
     logging.warning("Unreadable %s %s, treated as absent (%s: %s)", what, path, type(e).__name__,
-                    " ".join(str(e).split())[:200])
+                    one_line(e, 200))
     return None
 
 

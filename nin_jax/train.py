@@ -283,8 +283,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                config.dataset, len(dataset.x_train), len(dataset.x_test), steps_per_epoch,
                total_steps)
   model = create_model(config, dataset.num_classes)
-  # validate() worked the shapes out from the config; the loaded arrays are the final word
-  validation.check_model_fits(model, dataset.x_train.shape[1:], config)
+  if data.image_shape(config) != dataset.x_train.shape[1:]:  # validate() could not know them
+    validation.check_model_fits(model, dataset.x_train.shape[1:], config)
   learning_rate_fn = create_learning_rate_fn(config.optimizer, steps_per_epoch, total_steps)
 
   # --- Workdir: one launch at a time, one config per workdir; before any compilation ----------

@@ -159,7 +159,8 @@ def test_unreadable_sweep_json_is_one_line(tmp_path):
   write_fake_sweep(tmp_path, {"gap": [1.0, 2.0]})
   (tmp_path / "sweep.json").write_text("")
   result = subprocess.run([sys.executable, "-m", "nin_jax.report", str(tmp_path)],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                          capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert last_line(result).startswith(f"error: {tmp_path / 'sweep.json'} is unreadable")
 
@@ -451,7 +452,8 @@ def test_a_workdir_with_glob_characters_is_refused(tmp_path):
 
 
 def test_a_sweep_relaunched_with_another_config_is_refused_before_any_run(tmp_path):
-  """Finished runs were skipped whatever their config: a changed sweep passed them off as its own."""
+  """Finished runs were skipped whatever their config: a changed sweep passed them off as its
+  own."""
   from experiments import ablate_head
   config = ablate_head.get_config("digits")
   config.ablation.num_seeds = 1
