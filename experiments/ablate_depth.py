@@ -26,9 +26,9 @@ from experiments import default
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = default.get_config(variant)
-  config.ablation = ml_collections.ConfigDict(dict(
+  config.ablation = default.ablation(
       field="model.num_1x1", arm_values=(0, 1, 2, 3), num_seeds=3,
-      paper_test_error=({"num_1x1_2": 10.41} if config.dataset == "cifar10" else {})))
+      paper_test_error=({"num_1x1_2": 10.41} if config.dataset == "cifar10" else {}))
   if variant == "digits":
     config.eval_every_steps = 110  # every 5 epochs: the test-error-by-epoch curves
   return config

@@ -20,6 +20,7 @@ Quick, on the embedded digits (no network), 3 arms x 3 seeds of 60 epochs:
 One arm only (to share a sweep between machines): add --arm=fc. Rebuild the report from disk:
 python -m nin_jax.report /tmp/ah.
 """
+
 import ml_collections
 
 from experiments import default
@@ -27,11 +28,11 @@ from experiments import default
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = default.get_config(variant)
-  config.ablation = ml_collections.ConfigDict(dict(
+  config.ablation = default.ablation(
       field="model.head", arm_values=("gap", "fc", "fc_dropout"), num_seeds=3,
       # CIFAR-10 test error (%) of the paper's head ablation; nothing to compare with elsewhere.
       paper_test_error=({"gap": 10.41, "fc": 11.59, "fc_dropout": 10.88}
-                        if config.dataset == "cifar10" else {})))
+                        if config.dataset == "cifar10" else {}))
   if variant == "digits":
     config.eval_every_steps = 110  # every 5 epochs: the test-error-by-epoch curves
   return config

@@ -107,3 +107,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     raise ValueError(f"unknown variant {variant!r} of experiments/default.py; "
                      "use :digits, :augment or none")
   return config
+
+
+def ablation(field, arm_values, num_seeds, paper_test_error) -> ml_collections.ConfigDict:
+  """The `ablation` section of a sweep config: `field` takes each of `arm_values`, with seeds
+  0 .. num_seeds - 1 (nin_jax/sweep.py); `paper_test_error`: {arm: the paper's CIFAR-10 %}."""
+  return ml_collections.ConfigDict(dict(
+      field=field, arm_values=arm_values, num_seeds=num_seeds, paper_test_error=paper_test_error,
+      # Where runs train (README.md, "Sweeps on one machine, a TPU host and a pod slice"); 0 is
+      # automatic: one device per run, one run per device (on CPU: 3, or one per device).
+      devices_per_run=0, runs_at_once=0))

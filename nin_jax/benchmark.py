@@ -8,8 +8,9 @@ the device) and prints one table:
   * achieved FLOP/s, with the FLOPs of the compiled step from XLA's cost analysis, and that as a
     fraction of the f32 matmul peak measured in the same run with a large jnp.dot;
   * peak host memory (and device memory where the device reports it);
-  * the share of step time spent waiting on input: the real pipeline (gather, prefetch thread,
-    on-device crops and flips) against a device-resident constant batch;
+  * the share of step time spent waiting on input: the real pipeline (indices drawn on the host
+    and put on the device by a prefetch thread; gather, crops and flips on the device) against a
+    constant batch of indices;
   * the PyTorch peer (../shared/peer/torch_nin.py, channels_last) run in the same command, and the
     ratio of images/s. torch is not a dependency of nin-jax: without it the peer is skipped.
 
@@ -35,6 +36,7 @@ import numpy as np
 from absl import app, flags
 
 from nin_jax import data, files, models, train
+from nin_jax.placement import Placement
 
 flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after compilation).")
 flags.DEFINE_string("out", "benchmark.json", "Where to write the table as JSON.")
@@ -96,33 +98,39 @@ def measure(name, steps, microbatch_size=None, profile=False):
   state = train.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                            rng=jax.random.PRNGKey(1))
   augment = ml_collections.ConfigDict(dict(crop_padding=4, flip=True))
-  p_train_step = train.map_over_devices(train.train_step, model=model, tx=tx,
-                                        learning_rate_fn=learning_rate_fn, augment_config=augment,
-                                        microbatch_size=microbatch_size)
+  placement = Placement.everywhere()
+  p_train_step = placement.map(train.train_step, model=model, tx=tx,
+                               learning_rate_fn=learning_rate_fn, augment_config=augment,
+                               microbatch_size=microbatch_size)
   dataset = data.load_synthetic(shape, classes, num_train=batch_size * 8, num_test=1)
   dataset.x_train = dataset.x_train.astype(np.float32) / 255  # as preprocessing leaves it
-  constant = jax.device_put(data.train_batch(dataset, 0, batch_size, 0, num_devices))
+  on_device = placement.replicate({"image": dataset.x_train, "label": dataset.y_train})
+
+  def indices(step):
+    return data.train_indices(dataset, step, batch_size, 0, num_devices, 1, placement)
+
+  constant = placement.shard(indices(0))
 
   start = time.perf_counter()
-  compiled = p_train_step.lower(state, constant).compile()
+  compiled = p_train_step.lower(state, on_device, constant).compile()
   compile_s = time.perf_counter() - start
   flops = compiled.cost_analysis()["flops"] * num_devices  # pmap reports one replica
 
   def run_constant():
     nonlocal state
-    state, metrics = p_train_step(state, constant)
+    state, metrics = p_train_step(state, on_device, constant)
     return metrics
 
   jax.block_until_ready(run_constant())  # warm up
   step_s = _median_seconds(run_constant, steps)
   ops = profile_ops(run_constant, compiled.as_text()) if profile else None
 
-  # The real input path: gather rows on the host in a prefetch thread, ship, augment on device.
-  batches = data.prefetch(data.train_batch(dataset, s, batch_size, 0, num_devices)
-                          for s in range(10 ** 9))
+  # The real input path: each step's indices drawn on the host and put on the devices in a
+  # prefetch thread; gather and augmentation on the device.
+  batches = data.prefetch(placement.shard(indices(s)) for s in range(10 ** 9))
   def run_pipeline():
     nonlocal state
-    state, metrics = p_train_step(state, next(batches))
+    state, metrics = p_train_step(state, on_device, next(batches))
     return metrics
 
   jax.block_until_ready(run_pipeline())

@@ -1,7 +1,7 @@
 """Orbax checkpoints of the whole train state, kept in `<workdir>/checkpoints/<step>/`.
 
 The state holds params, optimizer state, step and the base RNG key. The data position needs no
-entry of its own: the batch of a step is a function of (seed, step) (see data.train_batch).
+entry of its own: the batch of a step is a function of (seed, step) (see data.train_indices).
 """
 import logging
 import sys
@@ -45,13 +45,27 @@ def quiet_orbax_logs():
   sys.unraisablehook = unraisablehook
 
 
-def create_manager(workdir, *, every_steps: int, keep: int) -> ocp.CheckpointManager:
+def create_manager(workdir, *, every_steps: int, keep: int, placement=None
+                   ) -> ocp.CheckpointManager:
+  """Orbax's manager for `<workdir>/checkpoints`. A run placed on one host's devices
+  (`placement.is_placed`) in a multi-process job is written by this process alone: orbax's
+  barriers then span this process only, under a key of the run's own."""
   # Every `every_steps` steps exactly (orbax would also save the first step by default), and
   # cleanup_tmp_directories: a write cut short by a kill leaves a tmp folder; drop it at start.
+  directory = epath.Path(workdir) / "checkpoints"
+  kwargs = dict(create=True)
+  if placement is not None and placement.is_placed and jax.process_count() > 1:
+    directory.mkdir(parents=True, exist_ok=True)  # orbax's create=True needs every process
+    me = jax.process_index()
+    kwargs = dict(create=False, multiprocessing_options=ocp.options.MultiprocessingOptions(
+        primary_host=me, active_processes={me},
+        barrier_sync_key_prefix=f"{epath.Path(workdir).parent.name}_{epath.Path(workdir).name}"))
   options = ocp.CheckpointManagerOptions(
       save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
-      max_to_keep=keep, create=True, cleanup_tmp_directories=True)
-  return ocp.CheckpointManager(epath.Path(workdir) / "checkpoints", options=options)
+      max_to_keep=keep, cleanup_tmp_directories=True, **kwargs)
+  manager = ocp.CheckpointManager(directory, options=options)
+  manager.is_placed = bool(placement is not None and placement.is_placed)
+  return manager
 
 
 def restore_latest(manager: ocp.CheckpointManager, state, workdir):
@@ -83,7 +97,7 @@ def restore_latest(manager: ocp.CheckpointManager, state, workdir):
 
 
 def _move_aside(manager, steps, destination):
-  if jax.process_index() == 0:
+  if jax.process_index() == 0 or getattr(manager, "is_placed", False):
     destination.mkdir(parents=True, exist_ok=True)
     for step in steps:
       (epath.Path(manager.directory) / str(step)).rename(destination / f"step_{step}")
@@ -106,7 +120,7 @@ def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = Fals
   if not force and not manager.should_save(step):
     return False
   _wait(manager)  # the previous write: its failure is reported with its own step
-  if jax.process_count() > 1:
+  if jax.process_count() > 1 and not getattr(manager, "is_placed", False):
     # pmap's replicated outputs live on this host's devices only; orbax writes global arrays.
     state = jax.tree.map(ocp.utils.fully_replicated_host_local_array_to_global_array, state)
   try:
@@ -162,3 +176,12 @@ def restore_params(workdir):
     return manager.restore(step, args=ocp.args.StandardRestore(target))["params"]
   finally:
     manager.close()
+
+
+def steps_on_disk(workdir) -> list[int]:
+  """The steps of the finished checkpoints in `<workdir>/checkpoints`, read from the folder
+  names (orbax writes a step into a temporary folder and renames it when complete)."""
+  directory = epath.Path(workdir) / "checkpoints"
+  if not directory.exists():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())

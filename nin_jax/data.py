@@ -1,11 +1,13 @@
 """Input: datasets as in-memory arrays, preprocessing fitted on the training split, batches.
 
-The paper's datasets are small (CIFAR-10 is 150 MB as uint8), so every source is loaded once into
-host memory as NHWC arrays. That keeps the input path simple and fast:
-  * the batch for a step is a function of (seed, step) alone -- a resumed run sees exactly the
-    examples an uninterrupted one would, and the data position needs no state of its own;
-  * augmentation (random crop, flip) runs on the device inside the train step (`augment`), so the
-    host only gathers rows, and a background thread keeps the next batches ready.
+The paper's datasets are small (CIFAR-10 is 150 MB as uint8, 614 MB as preprocessed float32), so
+every source is loaded once into host memory as NHWC arrays, preprocessed there, and put on each
+device (group) once (nin_jax/train.py). That keeps the input path simple and fast:
+  * the batch of a step is a list of example indices, a function of (seed, step) alone -- a
+    resumed run sees exactly the examples an uninterrupted one would, and the data position
+    needs no state of its own;
+  * the train step gathers those examples and augments them (random crop, flip: `augment`) on
+    the device; the host does no per-step image work.
 
 Sources (`config.dataset`): the TFDS datasets in `TFDS_DATASETS`; `digits`, the 1,797 8x8
 handwritten digits that ship inside scikit-learn (no network); `npz`, your own arrays; and
@@ -20,6 +22,7 @@ Preprocessing statistics are summed over all hosts, so every host normalises ali
 """
 import dataclasses
 import functools
+import json
 import logging
 import queue
 import threading
@@ -30,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nin_jax import files
+from nin_jax.placement import Placement
 from nin_jax.errors import ConfigError, DataError
 
 # Image shapes (H, W, C) as TFDS stores them, to check a config before anything is loaded.
@@ -61,14 +65,16 @@ def part_bounds(num_examples, num_parts, part):
   return num_examples * part // num_parts, num_examples * (part + 1) // num_parts
 
 
-def host_range(num_examples):
-  """The contiguous slice of a split that this host loads."""
-  return part_bounds(num_examples, jax.process_count(), jax.process_index())
+def host_range(num_examples, placement: Placement | None = None):
+  """The contiguous slice of a split that this host loads for a run placed as `placement`."""
+  placement = placement or Placement.everywhere()
+  return part_bounds(num_examples, placement.process_count, placement.process_index)
 
 
-def _sharded(x_train, y_train, x_test, y_test, num_classes):
+def _sharded(x_train, y_train, x_test, y_test, num_classes, placement):
   """A Dataset of this host's shard of whole arrays."""
-  train, test = slice(*host_range(len(x_train))), slice(*host_range(len(x_test)))
+  train = slice(*host_range(len(x_train), placement))
+  test = slice(*host_range(len(x_test), placement))
   return Dataset(x_train[train], y_train[train].astype(np.int32), x_test[test],
                  y_test[test].astype(np.int32), num_classes, len(x_train), len(x_test))
 
@@ -94,7 +100,7 @@ def image_shape(config):
   return None
 
 
-def load_tfds(name, data_dir, download):
+def load_tfds(name, data_dir, download, placement=None):
   import tensorflow_datasets as tfds  # heavy, and only this source needs it
 
   files.check_reachable(data_dir, "--config.data_dir")
@@ -121,7 +127,7 @@ def load_tfds(name, data_dir, download):
   splits = builder.info.splits
 
   def split(part):  # this host's share of the split only
-    start, end = host_range(splits[part].num_examples)
+    start, end = host_range(splits[part].num_examples, placement)
     try:
       return tfds.as_numpy(builder.as_dataset(
           split=f"{part}[{start}:{end}]", batch_size=-1, as_supervised=True))
@@ -140,7 +146,7 @@ def _exists(path):
   return epath.Path(path).exists()
 
 
-def load_digits(test_fraction=0.2, split_seed=0):
+def load_digits(placement=None, test_fraction=0.2, split_seed=0):
   """The 1,797 8x8 digits of scikit-learn: real handwriting, no network, a fixed seeded split."""
   from sklearn import datasets
   digits = datasets.load_digits()
@@ -150,10 +156,10 @@ def load_digits(test_fraction=0.2, split_seed=0):
   order = np.random.default_rng(split_seed).permutation(len(images))
   num_test = int(round(len(images) * test_fraction))
   test, train = order[:num_test], order[num_test:]
-  return _sharded(images[train], labels[train], images[test], labels[test], num_classes=10)
+  return _sharded(images[train], labels[train], images[test], labels[test], 10, placement)
 
 
-def load_npz(path):
+def load_npz(path, placement=None):
   """Your own data: an .npz (local or gs://) with the arrays x_train, y_train, x_test, y_test.
 
   Expected layout: images uint8 NHWC, shape (N, H, W, C), raw 0..255 pixels (nin-jax normalises
@@ -194,7 +200,7 @@ def load_npz(path):
                     f"{int(arrays['y_train'].min())}..{int(arrays['y_train'].max())}); check the "
                     "label mapping of the two splits")
   num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
-  return _sharded(*(arrays[k] for k in NPZ_KEYS), num_classes)
+  return _sharded(*(arrays[k] for k in NPZ_KEYS), num_classes, placement)
 
 
 def _check_npz_arrays(arrays):
@@ -255,33 +261,33 @@ def _check_npz_arrays(arrays):
                     f"y_test = y_test - {low}")
 
 
-def load_synthetic(image_shape, num_classes, num_train, num_test, seed=0):
+def load_synthetic(image_shape, num_classes, num_train, num_test, placement=None, seed=0):
   """Random images and labels: nothing to learn, for measuring speed only."""
   rng = np.random.default_rng(seed)
   def part(n):
     return (rng.integers(0, 256, (n, *image_shape), dtype=np.uint8),
             rng.integers(0, num_classes, n, dtype=np.int32))
-  return _sharded(*part(num_train), *part(num_test), num_classes)
+  return _sharded(*part(num_train), *part(num_test), num_classes, placement)
 
 
 # ----------------------------------------------------------------------------------------------
 # Preprocessing, fitted on the training split only.
 # ----------------------------------------------------------------------------------------------
 
-def sum_over_hosts(arrays):
-  """Sums a list of numpy arrays over all hosts (identity on one host)."""
-  if jax.process_count() == 1:
+def sum_over_hosts(arrays, placement=None):
+  """Sums a list of numpy arrays over the run's hosts (identity on one host)."""
+  if (placement or Placement.everywhere()).process_count == 1:
     return arrays
   from jax.experimental import multihost_utils
   gathered = multihost_utils.process_allgather([a.astype(np.float32) for a in arrays])
   return [np.asarray(g, np.float64).sum(axis=0) for g in gathered]
 
 
-def fit_mean_std(x_train):
+def fit_mean_std(x_train, placement=None):
   """Per-channel mean and std of the training images (of all hosts); the normalising function."""
   pixels = x_train.reshape(-1, x_train.shape[-1]).astype(np.float64)
   count, total, squares = sum_over_hosts(
-      [np.array([len(pixels)], np.float64), pixels.sum(0), (pixels ** 2).sum(0)])
+      [np.array([len(pixels)], np.float64), pixels.sum(0), (pixels ** 2).sum(0)], placement)
   mean = total / count
   std = np.sqrt(np.maximum(squares / count - mean ** 2, 0)) + 1e-8
   return lambda x: ((x - mean) / std).astype(np.float32)
@@ -295,7 +301,7 @@ def global_contrast_normalize(x, scale=55.0, min_divisor=1e-8):
   return flat / np.maximum(norms, min_divisor)
 
 
-def fit_gcn_zca(x_train, filter_bias=0.1):
+def fit_gcn_zca(x_train, placement=None, filter_bias=0.1):
   """GCN then ZCA whitening (pylearn2's ZCA, filter_bias 0.1), fitted on the training split.
 
   Cost: a D x D covariance, D = height * width * channels, and its eigendecomposition (~D^3);
@@ -305,7 +311,7 @@ def fit_gcn_zca(x_train, filter_bias=0.1):
                "~30 s on 2 CPU cores)", len(x_train), np.prod(x_train.shape[1:]))
   flat = global_contrast_normalize(x_train)
   count, total, products = sum_over_hosts(
-      [np.array([len(flat)], np.float64), flat.sum(axis=0), flat.T @ flat])
+      [np.array([len(flat)], np.float64), flat.sum(axis=0), flat.T @ flat], placement)
   mean = total / count
   eigenvalues, eigenvectors = np.linalg.eigh(products / count - np.outer(mean, mean))
   whiten = (eigenvectors / np.sqrt(eigenvalues + filter_bias)) @ eigenvectors.T
@@ -317,41 +323,60 @@ def fit_gcn_zca(x_train, filter_bias=0.1):
 PREPROCESSORS = {"mean_std": fit_mean_std, "gcn_zca": fit_gcn_zca}
 
 
-def load_dataset(config) -> Dataset:
-  """The dataset that `config` names, preprocessed, as this host's shard."""
+DATA_FIELDS = ("dataset", "data_dir", "npz_path", "synthetic", "preprocess")
+_loaded: dict = {}  # the last dataset loaded: the runs of a sweep load it once
+_loading = threading.Lock()
+
+
+def load_dataset(config, placement: Placement | None = None) -> Dataset:
+  """The dataset that `config` names, preprocessed, as this host's shard for `placement`
+  (default: every host). The runs of a sweep share it: the last one loaded is kept, keyed by
+  `DATA_FIELDS`, and threads that ask for it together load it once."""
+  placement = placement or Placement.everywhere()
+  key = json.dumps([config.to_dict().get(k) for k in DATA_FIELDS] + [
+      placement.process_index, placement.process_count], default=str)
+  with _loading:
+    if key not in _loaded:
+      dataset = _load(config, placement)
+      _loaded.clear()
+      _loaded[key] = dataset
+    return _loaded[key]
+
+
+def _load(config, placement):
   name = config.dataset
   if name in TFDS_DATASETS:
-    raw = load_tfds(name, config.data_dir, config.download)
+    raw = load_tfds(name, config.data_dir, config.download, placement)
   elif name == "digits":
-    raw = load_digits()
+    raw = load_digits(placement)
   elif name == "npz":
-    raw = load_npz(config.npz_path)
+    raw = load_npz(config.npz_path, placement)
   elif name == "synthetic":
     s = config.synthetic
-    raw = load_synthetic(tuple(s.image_shape), s.num_classes, s.num_train, s.num_test)
+    raw = load_synthetic(tuple(s.image_shape), s.num_classes, s.num_train, s.num_test, placement)
   else:
     raise DataError(f"unknown dataset {name!r}; choose one of {SOURCES}")
   if config.preprocess not in PREPROCESSORS:
     raise DataError(f"unknown preprocess {config.preprocess!r}; choose one of "
                     f"{sorted(PREPROCESSORS)}")
-  normalize = PREPROCESSORS[config.preprocess](raw.x_train)
+  normalize = PREPROCESSORS[config.preprocess](raw.x_train, placement)
   return dataclasses.replace(raw, x_train=normalize(raw.x_train), x_test=normalize(raw.x_test))
 
 
 # ----------------------------------------------------------------------------------------------
-# Batches. Shapes: [local_devices, per_device_batch, ...], ready for the pmapped steps.
+# Batches: example indices into the device-resident dataset, shape [local_devices, per_device].
 # ----------------------------------------------------------------------------------------------
 
 def _per_device(array, num_devices):
   return array.reshape(num_devices, -1, *array.shape[1:])
 
 
-def num_parts(data_shards):
-  """Parts of the training order: `data_shards`, or one per host when 0."""
-  parts = data_shards or jax.process_count()
-  if parts % jax.process_count():
+def num_parts(data_shards, placement: Placement):
+  """Parts of the training order: `data_shards`, or one per host of the run when 0."""
+  parts = data_shards or placement.process_count
+  if parts % placement.process_count:
     raise ConfigError(f"--config.data_shards={parts} must be a multiple of the "
-                      f"{jax.process_count()} hosts")
+                      f"{placement.process_count} hosts")
   return parts
 
 
@@ -373,8 +398,10 @@ def _epoch_order(seed, epoch, part, size):
   return order
 
 
-def train_batch(dataset, step, batch_size, seed, num_devices, parts=1):
-  """This host's share of the global batch of step `step` (`batch_size` is the global batch).
+def train_indices(dataset, step, batch_size, seed, num_devices, parts, placement: Placement):
+  """{"index": int32 [num_devices, batch_size / parts * parts_per_host / num_devices]}: the rows of
+  this host's shard (`dataset.x_train`) that make its share of the global batch of step `step`
+  (`batch_size` is the global batch).
 
   A function of (seed, step) alone, so a resumed run sees exactly the examples an uninterrupted
   one would. Each epoch visits every part in a fresh order drawn from (seed, epoch, part); the
@@ -382,18 +409,16 @@ def train_batch(dataset, step, batch_size, seed, num_devices, parts=1):
   """
   per_part = batch_size // parts
   epoch, index = divmod(step, steps_per_epoch(dataset.num_train_examples, batch_size, parts))
-  host_start = host_range(dataset.num_train_examples)[0]
-  parts_per_host = parts // jax.process_count()
+  host_start = host_range(dataset.num_train_examples, placement)[0]
+  parts_per_host = parts // placement.process_count
   rows = []
-  for part in range(jax.process_index() * parts_per_host,
-                    (jax.process_index() + 1) * parts_per_host):
+  for part in range(placement.process_index * parts_per_host,
+                    (placement.process_index + 1) * parts_per_host):
     start, end = part_bounds(dataset.num_train_examples, parts, part)
     order = _epoch_order(seed, epoch, part, end - start)
     chosen = np.sort(order[index * per_part:(index + 1) * per_part])  # sorted: faster gather
     rows.append(chosen + start - host_start)
-  rows = np.concatenate(rows)
-  return {"image": _per_device(dataset.x_train[rows], num_devices),
-          "label": _per_device(dataset.y_train[rows], num_devices)}
+  return {"index": _per_device(np.concatenate(rows).astype(np.int32), num_devices)}
 
 
 class _Failed:
@@ -426,22 +451,22 @@ def prefetch(batches, size=2):
     yield item
 
 
-def eval_batches(x, y, batch_size, num_batches, num_devices):
-  """Fixed-size batches over (x, y), padded at the end; `mask` marks the real examples.
+def eval_indices(num_examples, batch_size, num_batches, num_devices):
+  """Fixed-size batches of indices 0 .. num_examples - 1 (this host's test shard), padded at the
+  end; `mask` marks the real examples.
 
   Every host runs the same `num_batches` (collectives need it), so shards that end sooner are
   padded further; the mask makes each real example count exactly once.
   """
   padded = num_batches * batch_size
-  if len(x) > padded:
-    raise ValueError(f"{len(x)} examples do not fit {num_batches} batches of {batch_size}")
-  mask = np.zeros(padded, np.float32)
-  mask[:len(x)] = 1
-  x = np.concatenate([x, np.zeros((padded - len(x), *x.shape[1:]), x.dtype)])
-  y = np.concatenate([y, np.zeros(padded - len(y), y.dtype)])
+  if num_examples > padded:
+    raise ValueError(f"{num_examples} examples do not fit {num_batches} batches of {batch_size}")
+  index = np.zeros(padded, np.int32)
+  index[:num_examples] = np.arange(num_examples)
+  mask = (np.arange(padded) < num_examples).astype(np.float32)
   for i in range(num_batches):
     part = slice(i * batch_size, (i + 1) * batch_size)
-    yield {"image": _per_device(x[part], num_devices), "label": _per_device(y[part], num_devices),
+    yield {"index": _per_device(index[part], num_devices),
            "mask": _per_device(mask[part], num_devices)}
 
 

@@ -1,20 +1,44 @@
-"""Ablation sweeps: every arm x seed of a config with an `ablation` section, one after another.
+"""Ablation sweeps: every arm x seed of a config with an `ablation` section.
 
 A run lives in `<workdir>/<arm>/seed_<n>/`. Relaunching skips finished runs and resumes half-done
-ones from their checkpoints, so a sweep survives preemption; `--arm` picks arms, so several
-machines can share one sweep (a shared gs:// workdir, or copy the run folders together). Seed n
-gives every arm the same data order and augmentation, so arms are compared pairwise.
+ones from their checkpoints, so a sweep survives preemption. Seed n gives every arm the same data
+order and augmentation, so arms are compared pairwise.
+
+Filling the machine. This host's devices are cut into groups of `ablation.devices_per_run`, and
+`ablation.runs_at_once` runs train at the same time, each on a group (several share a group when
+there are more runs at once than groups), in threads of this process: a step releases Python's
+lock while it runs, and the runs of one arm share their compiled program (train.shared) and the
+dataset on the devices (train.put_dataset). A run's result does not depend on where, or beside
+what, it trained: its batches, augmentation and dropout come from (seed, step) alone.
+
+Several hosts (jax.distributed, e.g. a TPU pod slice): each host trains its own share of the runs
+on its own devices; nothing crosses hosts inside a step. The share is worked out at launch from
+what every host sees on disk (`share`), so a relaunch after preemption, on any number of hosts,
+finishes every run once and resumes half-done runs where their checkpoints are. With a shared
+workdir (gs://) the report covers every run; with per-host folders, copy them together and run
+`python -m nin_jax.report DIR`. `--arm` still picks arms by hand.
 """
 import dataclasses
 import logging
+import queue
+import threading
+import time
 
 import jax
 import ml_collections
+import numpy as np
 from etils import epath
 
-from nin_jax import files, report, train, validation
+from nin_jax import checkpointing, files, report, train, validation
 from nin_jax import workdir as run_workdir
-from nin_jax.errors import ConfigError
+from nin_jax.errors import ConfigError, NinError
+from nin_jax.placement import Placement
+
+FINISHED = -1  # in a progress table: the run has its summary
+# On CPU a small model's step leaves cores idle between its ops, so runs overlap well: runs at
+# once on a CPU host, the fastest measured on 2 cores (README.md, "Sweeps on one machine"). CPU
+# devices (--xla_force_host_platform_device_count) all share the same cores.
+CPU_RUNS_AT_ONCE = 3
 
 
 @dataclasses.dataclass
@@ -69,31 +93,137 @@ def is_finished(run_dir) -> bool:
   return bool(isinstance(summary, dict) and summary.get("finished", False))
 
 
-def run_sweep(config, workdir, only_arms=None, overwrite=False):
-  """Runs what is left of the sweep, then writes the report from all runs on disk.
+def progress(run_dir) -> int:
+  """FINISHED, or the newest checkpoint step in `run_dir` (0: none), as this host sees it."""
+  if is_finished(run_dir):
+    return FINISHED
+  return max(checkpointing.steps_on_disk(run_dir), default=0)
 
-  `overwrite` starts every selected run over, finished ones included.
+
+def share(table: np.ndarray) -> list[list[int]]:
+  """Which runs each host trains: `table[h, r]` is run r's `progress` as host h sees it.
+
+  A run finished on any host is done. A half-done run goes to the host that holds its newest
+  checkpoint when not every host sees it (per-host folders); the others are dealt out, each to
+  the host with the fewest so far (the lowest index on a tie). Every host computes the same
+  answer from the same table. Returns one sorted list of run indices per host.
   """
+  hosts, num_runs = table.shape
+  shares = [[] for _ in range(hosts)]
+  free = []
+  for r in range(num_runs):
+    if (table[:, r] == FINISHED).any():
+      continue
+    newest = table[:, r].max()
+    holders = np.flatnonzero(table[:, r] == newest)
+    if newest > 0 and len(holders) < hosts:
+      shares[int(holders[0])].append(r)
+    else:
+      free.append(r)
+  for r in free:
+    shares[min(range(hosts), key=lambda h: (len(shares[h]), h))].append(r)
+  return [sorted(s) for s in shares]
+
+
+def placement_of(ablation) -> tuple[int, int]:
+  """(devices per run, runs at once) on this host; 0 in the config means automatic.
+
+  Automatic: one device per run -- the paper's models at the paper's batch fit one device of
+  every platform (CIFAR NIN: 1M parameters, 128 images a step) -- and one run per device on
+  GPU and TPU; on CPU, where a small model's step leaves cores idle, CPU_RUNS_AT_ONCE runs (at
+  least one per device group).
+  """
+  per_run = ablation.devices_per_run or 1
+  groups = jax.local_device_count() // per_run
+  if ablation.runs_at_once:
+    return per_run, ablation.runs_at_once
+  platform = jax.local_devices()[0].platform
+  return per_run, max(groups, CPU_RUNS_AT_ONCE) if platform == "cpu" else groups
+
+
+def run_sweep(config, workdir, only_arms=None, overwrite=False):
+  """Runs this host's share of what is left of the sweep, then (process 0) writes the report
+  from all runs on disk. `overwrite` starts every selected run over, finished ones included."""
   workdir = epath.Path(files.resolve(workdir))
   validation.validate_ablation(config)
+  per_run, at_once = placement_of(config.ablation)
   runs = expand(config, only_arms)
   for run in runs:  # every arm's config, before the first run starts
-    validation.validate(run.config)
+    validation.validate(run.config, per_run)
     if not overwrite:  # a finished run of another config must not pass as this sweep's
       run_workdir.check_or_clear(workdir / run.subdir, run.config, overwrite=False)
-  if jax.process_index() == 0:
-    workdir.mkdir(parents=True, exist_ok=True)
-    files.write_json(workdir / "sweep.json", {
-        "field": config.ablation.field, "arms": list(arms(config)),
-        "num_seeds": config.ablation.num_seeds,
-        "paper_test_error": dict(config.ablation.paper_test_error),
-        "dataset": config.dataset})
-  for index, run in enumerate(runs, start=1):
-    run_dir = workdir / run.subdir
-    if is_finished(run_dir) and not overwrite:
-      logging.info("Run %d/%d %s: finished earlier, skipped", index, len(runs), run.subdir)
-      continue
-    logging.info("Run %d/%d %s", index, len(runs), run.subdir)
-    train.train_and_evaluate(run.config, run_dir, overwrite=overwrite)
+  workdir.mkdir(parents=True, exist_ok=True)  # every host: per-host folders each need theirs
+  files.write_json(workdir / "sweep.json", {
+      "field": config.ablation.field, "arms": list(arms(config)),
+      "num_seeds": config.ablation.num_seeds,
+      "paper_test_error": dict(config.ablation.paper_test_error),
+      "dataset": config.dataset})
+  seen = np.array([0 if overwrite else progress(workdir / run.subdir) for run in runs], np.int64)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # a collective outside any step, once
+    table = np.asarray(multihost_utils.process_allgather(seen)).reshape(jax.process_count(), -1)
+  else:
+    table = seen[None]
+  mine = [runs[r] for r in share(table)[jax.process_index()]]
+  done = int((table == FINISHED).any(axis=0).sum())
+  logging.info("Sweep: %d runs, %d finished earlier; this host (%d of %d) trains %d, %d at once "
+               "on groups of %d device(s)", len(runs), done, jax.process_index(),
+               jax.process_count(), len(mine), min(at_once, len(mine)), per_run)
+  train_placed(mine, workdir, per_run, at_once, overwrite)
+  if jax.process_count() > 1:  # the report waits for every host's runs
+    import orbax.checkpoint as ocp
+    ocp.multihost.sync_global_processes("nin_jax_sweep_finished", timeout=7 * 24 * 3600)
   if jax.process_index() == 0:
     return report.write_report(workdir)
+
+
+def train_placed(runs, workdir, devices_per_run, runs_at_once, overwrite=False):
+  """Trains `runs`, `runs_at_once` at a time, each on a group of `devices_per_run` of this
+  host's devices. When a run fails, the others checkpoint the step they reached and stop, and
+  the first failure is raised (a NinError names its run)."""
+  local = jax.local_devices()
+  groups = [local[i:i + devices_per_run] for i in range(0, len(local), devices_per_run)]
+  jobs = queue.SimpleQueue()
+  for index, run in enumerate(runs, start=1):
+    jobs.put((index, run))
+  stop, failures = threading.Event(), []
+
+  def worker(slot):
+    placement = Placement.local(groups[slot % len(groups)])
+    while not stop.is_set():
+      try:
+        index, run = jobs.get_nowait()
+      except queue.Empty:
+        return
+      logging.info("Run %d/%d %s on %s", index, len(runs), run.subdir, placement.describe())
+      started = time.time()
+      try:
+        summary = train.train_and_evaluate(run.config, workdir / run.subdir, overwrite=overwrite,
+                                           placement=placement, stop=stop,
+                                           progress_bar=runs_at_once == 1)
+      except BaseException as e:  # noqa: BLE001 -- raised in the main thread below
+        failures.append((run, e))
+        stop.set()
+        return
+      if summary["finished"]:
+        logging.info("Run %s finished in %.0f s: test error %.2f%%", run.subdir,
+                     time.time() - started, summary["test_error_percent"])
+
+  threads = [threading.Thread(target=worker, args=(slot,), name=f"run-slot-{slot}")
+             for slot in range(min(runs_at_once, len(runs)))]
+  for thread in threads:
+    thread.start()
+  try:
+    while any(thread.is_alive() for thread in threads):
+      for thread in threads:
+        thread.join(timeout=0.5)
+  except BaseException:  # Ctrl-C: every run checkpoints where it is
+    stop.set()
+    for thread in threads:
+      thread.join()
+    raise
+  if failures:
+    run, error = failures[0]
+    if isinstance(error, NinError):
+      error.args = (f"run {run.subdir}: {error}",)
+    raise error

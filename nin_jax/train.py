@@ -2,14 +2,21 @@
 
 Sections: setup · data · model and optimizer · restore · the steps · the loop · summary.
 
-Device mapping lives in one place, `map_over_devices`: the global batch is split over every
-device (of every host); the train state is passed replicated (`in_axes=None`) and comes back
-replicated (`out_axes=None`), since current JAX implements `jax.pmap` as `jit` over `shard_map`.
+Device mapping lives in one place, nin_jax/placement.py: a run trains on every device of every
+host (a single run: the global batch split over them), or on a group of one host's devices (a
+run of a sweep that trains several at once). The dataset is put on the devices once; a step
+receives only example indices, and gathers and augments on the device.
+
+Runs that compile the same program share it (`shared`): the seeds of an arm differ only in the
+train state's keys and the data order, neither of which is part of the program.
 """
+import collections
 import contextlib
 import functools
+import json
 import logging
 import math
+import threading
 import time
 
 import flax
@@ -24,8 +31,7 @@ from jax import lax
 from nin_jax import checkpointing, data, files, metrics, models, validation
 from nin_jax import workdir as run_workdir
 from nin_jax.errors import ConfigError, NonFiniteLossError, TrainingStuckError
-
-AXIS = "batch"  # the pmapped device axis
+from nin_jax.placement import AXIS, Placement
 
 
 @flax.struct.dataclass
@@ -114,12 +120,17 @@ def cross_entropy(logits, labels):
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def train_step(state, batch, *, model, tx, learning_rate_fn, augment_config, microbatch_size=0):
+def train_step(state, dataset, batch, *, model, tx, learning_rate_fn, augment_config,
+               microbatch_size=0):
+  """One SGD step on the examples `batch["index"]` (int32 [per_device]) of `dataset` (the
+  device-resident {"image": float32 NHWC, "label": int32}); returns (state, metrics)."""
   step_rng = jax.random.fold_in(state.rng, state.step)
   augment_rng, dropout_rng = jax.random.split(step_rng)
   device = lax.axis_index(AXIS)
-  per_device = batch["image"].shape[0]
-  images = data.augment(augment_rng, batch["image"], device * per_device + jnp.arange(per_device),
+  per_device = batch["index"].shape[0]
+  labels = jnp.take(dataset["label"], batch["index"], axis=0)
+  images = data.augment(augment_rng, jnp.take(dataset["image"], batch["index"], axis=0),
+                        device * per_device + jnp.arange(per_device),
                         augment_config.crop_padding, augment_config.flip)
   # Dropout masks differ per device and per step.
   dropout_rng = jax.random.fold_in(dropout_rng, device)
@@ -142,7 +153,7 @@ def train_step(state, batch, *, model, tx, learning_rate_fn, augment_config, mic
   for i in range(count):
     part = slice(i * size, (i + 1) * size)
     (loss, part_logits), part_grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, images[part], batch["label"][part],
+        state.params, images[part], labels[part],
         jax.random.fold_in(dropout_rng, i) if count > 1 else dropout_rng)
     grads = part_grads if grads is None else jax.tree.map(jnp.add, grads, part_grads)
     losses.append(loss)
@@ -152,34 +163,32 @@ def train_step(state, batch, *, model, tx, learning_rate_fn, augment_config, mic
   grads = lax.pmean(grads, AXIS)  # equal per-device batches: the mean of means is the mean
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = lax.pmean({"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+  metrics = lax.pmean({"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
                        "grad_norm": optax.tree.norm(grads)}, AXIS)
   metrics["learning_rate"] = learning_rate_fn(state.step)
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params, batch, *, model):
-  logits = model.apply({"params": params}, batch["image"], train=False)
+def eval_step(params, dataset, batch, *, model):
+  """Sums over the examples `batch["index"]` of `dataset` where `batch["mask"]` is 1."""
+  labels = jnp.take(dataset["label"], batch["index"], axis=0)
+  logits = model.apply({"params": params}, jnp.take(dataset["image"], batch["index"], axis=0),
+                       train=False)
   mask = batch["mask"]
-  return lax.psum({"correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
-                   "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
+  return lax.psum({"correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+                   "loss": jnp.sum(cross_entropy(logits, labels) * mask),
                    "count": jnp.sum(mask)}, AXIS)
 
 
-def map_over_devices(step_fn, **static):
-  """The one seam between a step and the devices: batch split on axis 0, state replicated."""
-  return jax.pmap(functools.partial(step_fn, **static), axis_name=AXIS,
-                  in_axes=(None, 0), out_axes=None)
-
-
-def evaluate(p_eval_step, params, dataset, batch_size):
-  per_host = batch_size // jax.process_count()
-  shard_size = math.ceil(dataset.num_test_examples / jax.process_count())
-  batches = data.eval_batches(dataset.x_test, dataset.y_test, per_host,
-                              math.ceil(shard_size / per_host), jax.local_device_count())
+def evaluate(p_eval_step, params, test_data, dataset, batch_size, placement: Placement):
+  """Test accuracy and loss of `params` over every host's test shard (`test_data` on device)."""
+  per_host = batch_size // placement.process_count
+  shard_size = math.ceil(dataset.num_test_examples / placement.process_count)
+  batches = data.eval_indices(len(dataset.x_test), per_host, math.ceil(shard_size / per_host),
+                              len(placement.local_devices))
   totals = None
   for batch in batches:
-    sums = p_eval_step(params, batch)
+    sums = p_eval_step(params, test_data, placement.shard(batch))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   assert int(totals["count"]) == dataset.num_test_examples, totals  # each example once
@@ -188,6 +197,74 @@ def evaluate(p_eval_step, params, dataset, batch_size):
   # paired test read that noise as a real difference)
   count = float(totals["count"])
   return {"accuracy": float(totals["correct"]) / count, "loss": float(totals["loss"]) / count}
+
+
+# ----------------------------------------------------------------------------------------------
+# What runs share: compiled programs and the dataset on the devices.
+# ----------------------------------------------------------------------------------------------
+
+class _CompileOnce:
+  """A jitted/pmapped function whose first call (the compilation) runs under a lock, so that runs
+  started together compile it once: the others wait, then find it in JAX's cache."""
+
+  def __init__(self, fn):
+    self.fn, self.lock, self.compiled = fn, threading.Lock(), False
+
+  def __call__(self, *args):
+    if not self.compiled:
+      with self.lock:
+        out = self.fn(*args)
+        self.compiled = True
+        return out
+    return self.fn(*args)
+
+
+_shared: collections.OrderedDict = collections.OrderedDict()
+_shared_lock = threading.Lock()
+
+
+def shared(key, build):
+  """`build()`, made once per `key` and kept for every run that asks again (the 32 newest)."""
+  with _shared_lock:
+    if key in _shared:
+      _shared.move_to_end(key)
+    else:
+      _shared[key] = build()
+      while len(_shared) > 32:
+        _shared.popitem(last=False)
+    return _shared[key]
+
+
+def program_key(config) -> str:
+  """What a run's compiled steps depend on: its config without the seed and the bookkeeping."""
+  fields = {k: v for k, v in config.to_dict().items()
+            if k != "seed" and k not in run_workdir.BOOKKEEPING}
+  return json.dumps(fields, sort_keys=True, default=str)
+
+
+_on_device: dict = {}  # (dataset id, placement) -> (dataset, arrays): one dataset at a time
+
+
+def put_dataset(dataset, placement: Placement, name: str):
+  """{"train": ..., "test": ...}: `dataset`'s images and labels on each of the placement's
+  devices, once per (dataset, devices) however many runs train there; copies of any other
+  dataset are dropped. Raises DataError (one line) when they do not fit a device's free memory.
+  Size: the preprocessed float32 images, e.g. 614 MiB for CIFAR-10 (60,000 x 32 x 32 x 3 x 4 B),
+  0.4 MiB for the digits."""
+  key = (id(dataset), placement)
+  with _shared_lock:
+    if key not in _on_device:
+      for other in [k for k, (kept, _) in _on_device.items() if kept is not dataset]:
+        del _on_device[other]
+      arrays = {"train": {"image": dataset.x_train, "label": dataset.y_train},
+                "test": {"image": dataset.x_test, "label": dataset.y_test}}
+      size = sum(a.nbytes for a in jax.tree.leaves(arrays))
+      placement.check_fits(size, f"the {name} dataset ({dataset.x_train.dtype} images "
+                           f"{dataset.x_train.shape} + {dataset.x_test.shape})",
+                           "nin-jax keeps the preprocessed dataset on every device: use devices "
+                           "with more memory")
+      _on_device[key] = (dataset, placement.replicate(arrays))  # the dataset kept: its id too
+    return _on_device[key][1]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,29 +324,36 @@ def flops_per_image(model, params, image_shape):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       stop_at_step: int | None = None, overwrite: bool = False) -> dict:
+                       stop_at_step: int | None = None, overwrite: bool = False,
+                       placement: Placement | None = None, stop: threading.Event | None = None,
+                       progress_bar: bool = True) -> dict:
   """Trains, evaluates, checkpoints into `workdir`; resumes from its latest checkpoint.
 
   `stop_at_step` ends this process early (a job-time limit, a test of resuming); relaunching
   with the same workdir continues. `overwrite` starts over in a workdir that holds another run.
+  `placement`: where it trains (default: every device of every host). `stop`: when set (by a
+  sweep whose other run failed), the run checkpoints the step it reached and returns.
   Returns the summary also written to `summary.json`. Raises a NinError subclass (one line for
   the user) for a config, data, workdir or checkpoint that cannot work.
   """
-  validation.validate(config)  # before anything is compiled or written
+  placement = placement or Placement.everywhere()
+  validation.validate(config, placement.num_devices)  # before anything is compiled or written
   start_time = time.time()
   workdir = epath.Path(files.resolve(workdir))
-  is_chief = jax.process_index() == 0
+  is_chief = placement.is_chief
+  name = f"{workdir.parent.name}/{workdir.name}: " if placement.is_placed else ""
+
+  def info(message, *args):
+    logging.info(name + message, *args)
 
   # --- Setup: devices and batch shapes ---------------------------------------------------------
-  num_local_devices = jax.local_device_count()
-  logging.info("Devices: %d (%d local, process %d of %d), platform %s", jax.device_count(),
-               num_local_devices, jax.process_index(), jax.process_count(),
-               jax.devices()[0].platform)
+  num_local_devices = len(placement.local_devices)
+  info("Devices: %s", placement.describe())
 
   # --- Data ------------------------------------------------------------------------------------
-  dataset = data.load_dataset(config)
+  dataset = data.load_dataset(config, placement)
   # Every host runs the same number of steps, so count epochs on the global batch.
-  parts = data.num_parts(config.data_shards)
+  parts = data.num_parts(config.data_shards, placement)
   steps_per_epoch = data.steps_per_epoch(dataset.num_train_examples, config.batch_size, parts)
   if steps_per_epoch < 1:
     raise ConfigError(f"batch_size {config.batch_size} exceeds the {dataset.num_train_examples} "
@@ -279,13 +363,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise ConfigError(f"--config.num_epochs={config.num_epochs} is less than one step of "
                       f"{steps_per_epoch} per epoch; train for at least {1 / steps_per_epoch:.3g} "
                       "epochs")
-  logging.info("Data: %s, %d train and %d test examples on this host; %d steps/epoch, %d steps",
+  info("Data: %s, %d train and %d test examples on this host; %d steps/epoch, %d steps",
                config.dataset, len(dataset.x_train), len(dataset.x_test), steps_per_epoch,
                total_steps)
   model = create_model(config, dataset.num_classes)
   if data.image_shape(config) != dataset.x_train.shape[1:]:  # validate() could not know them
     validation.check_model_fits(model, dataset.x_train.shape[1:], config)
   learning_rate_fn = create_learning_rate_fn(config.optimizer, steps_per_epoch, total_steps)
+  device_data = put_dataset(dataset, placement, config.dataset)
 
   # --- Workdir: one launch at a time, one config per workdir; before any compilation ----------
   lock = None
@@ -298,29 +383,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --- Model and optimizer ---------------------------------------------------------------------
   m = config.model
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  params = jax.jit(functools.partial(model.init, train=False))(
-      init_rng, jnp.zeros((1, *dataset.x_train.shape[1:])))["params"]
+  key = (program_key(config), dataset.num_classes, steps_per_epoch, placement)
+  init = shared(("init", key), lambda: jax.jit(functools.partial(model.init, train=False)))
+  params = init(init_rng, jnp.zeros((1, *dataset.x_train.shape[1:])))["params"]
   num_params = count_params(params)
   tx = create_optimizer(config.optimizer, params, learning_rate_fn)
   state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=train_rng)
-  logging.info("Model: %s, head %s, %s parameters", m.preset, m.head, f"{num_params:,}")
+  if placement.is_placed:  # restored straight onto the run's devices
+    state = placement.replicate(state)
+  info("Model: %s, head %s, %s parameters", m.preset, m.head, f"{num_params:,}")
 
   # --- Restore -------------------------------------------------------------------------------
   manager = checkpointing.create_manager(workdir, every_steps=config.checkpoint_every_steps,
-                                         keep=config.keep_checkpoints)
+                                         keep=config.keep_checkpoints, placement=placement)
   state = checkpointing.restore_latest(manager, state, workdir)
   first_step = int(state.step)
 
-  # --- The steps -------------------------------------------------------------------------------
-  p_train_step = map_over_devices(train_step, model=model, tx=tx,
-                                  learning_rate_fn=learning_rate_fn,
-                                  augment_config=config.augment,
-                                  microbatch_size=config.microbatch_size)
-  p_eval_step = map_over_devices(eval_step, model=model)
+  # --- The steps: compiled once for all runs of the same program on these devices -------------
+  p_train_step = shared(("train", key), lambda: _CompileOnce(placement.map(
+      train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
+      augment_config=config.augment, microbatch_size=config.microbatch_size)))
+  p_eval_step = shared(("eval", key), lambda: _CompileOnce(placement.map(eval_step, model=model)))
   last_step = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
   last_step = max(first_step, last_step)  # a finished run relaunched: nothing left to do
-  batches = data.prefetch(
-      data.train_batch(dataset, step, config.batch_size, config.seed, num_local_devices, parts)
+  batches = data.prefetch(placement.shard(data.train_indices(
+      dataset, step, config.batch_size, config.seed, num_local_devices, parts, placement))
       for step in range(first_step, last_step))
 
   # --- The loop --------------------------------------------------------------------------------
@@ -329,10 +416,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   test, test_step, throughputs = None, None, []
   # On any exit, finish the checkpoint writes in flight: a stopped run keeps its last good state.
   with (_finishing(manager),
-        _progress_bar(first_step, total_steps, disable=not is_chief) as progress,
+        _progress_bar(first_step, total_steps, disable=not (is_chief and progress_bar)) as progress,
         metrics.MetricsWriter(workdir, first_step, enabled=is_chief) as writer):
     for step in range(first_step, last_step):
-      state, step_metrics = p_train_step(state, next(batches))
+      if stop is not None and stop.is_set():  # another run of the sweep failed: keep this one
+        last_step = step
+        break
+      state, step_metrics = p_train_step(state, device_data["train"], next(batches))
       pending.append(step_metrics)
       done = step + 1 == last_step
       is_eval = config.eval_every_steps and ((step + 1) % config.eval_every_steps == 0 or done)
@@ -346,7 +436,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                   "images_per_s": round(images_per_s, 1),
                   **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
         if is_eval:
-          test = evaluate(p_eval_step, state.params, dataset, config.eval_batch_size)
+          test = evaluate(p_eval_step, state.params, device_data["test"], dataset,
+                          config.eval_batch_size, placement)
           test_step = step + 1
           record.update({f"test_{k}": v for k, v in test.items()})
         writer.write(record)
@@ -359,17 +450,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- Summary ---------------------------------------------------------------------------------
   if test_step != last_step:
-    test = evaluate(p_eval_step, state.params, dataset, config.eval_batch_size)
+    test = evaluate(p_eval_step, state.params, device_data["test"], dataset,
+                    config.eval_batch_size, placement)
   summary = {"dataset": config.dataset, "model": m.preset, "head": m.head,
              "num_params": num_params, "step": int(state.step), "total_steps": total_steps,
              "finished": int(state.step) == total_steps,
              "test_accuracy": test["accuracy"], "test_error_percent": 100 * (1 - test["accuracy"]),
              "test_loss": test["loss"], "wall_time_s": round(time.time() - start_time, 1),
-             "flops_per_image": flops_per_image(model, state.params, dataset.x_train.shape[1:]),
+             "flops_per_image": shared(("flops", key), lambda: flops_per_image(
+                 model, state.params, dataset.x_train.shape[1:])),
              # the first window of a process includes compilation: leave it out where we can
              "train_images_per_s": float(np.median(throughputs[1:] or throughputs or [0.0])),
-             "steps_per_epoch": steps_per_epoch, "devices": jax.device_count(),
-             "platform": jax.devices()[0].platform, "seed": config.seed}
+             "steps_per_epoch": steps_per_epoch, "devices": placement.num_devices,
+             "platform": placement.local_devices[0].platform, "seed": config.seed}
   if first_step == last_step:  # nothing trained by this launch: keep the training figures
     earlier = files.read_json(workdir / "summary.json", "run summary") or {}
     for key in ("wall_time_s", "train_images_per_s"):
@@ -378,7 +471,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     files.write_json(workdir / "summary.json", summary)
     if lock:
       lock.close()
-  logging.info("Summary: test accuracy %.2f%% (error %.2f%%), %s parameters, %.1f s, step %d/%d",
+  info("Summary: test accuracy %.2f%% (error %.2f%%), %s parameters, %.1f s, step %d/%d",
                100 * summary["test_accuracy"], summary["test_error_percent"],
                f"{num_params:,}", summary["wall_time_s"], summary["step"], total_steps)
   return summary

@@ -42,8 +42,9 @@ def _positive(config, *keys, allow_zero=False):
     _require(ok, f"--config.{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
 
 
-def validate(config):
-  """Raises ConfigError for the first problem found in `config` (a run's config)."""
+def validate(config, num_devices: int | None = None):
+  """Raises ConfigError for the first problem found in `config` (a run's config), trained on
+  `num_devices` devices (default: every device of every host)."""
   _choice(config, "dataset", data.SOURCES)
   _choice(config, "preprocess", data.PREPROCESSORS)
   _choice(config, "model.preset", models.PRESETS)
@@ -99,7 +100,7 @@ def validate(config):
     shape = tuple(config.synthetic.image_shape)
     _require(len(shape) == 3 and min(shape) > 0,
              f"--config.synthetic.image_shape={shape} must be (height, width, channels) > 0")
-  devices = jax.device_count()
+  devices = num_devices or jax.device_count()
   for key in ("batch_size", "eval_batch_size"):
     _require(_get(config, key) % devices == 0,
              f"--config.{key}={_get(config, key)} does not divide by the {devices} devices; "
@@ -181,6 +182,13 @@ def check_model_fits(model, image_shape, config):
 def validate_ablation(config):
   """Checks the `ablation` section of a sweep config."""
   ablation = config.ablation
+  local = jax.local_device_count()
+  per_run = ablation.devices_per_run
+  _require(per_run >= 0 and (not per_run or local % per_run == 0),
+           f"--config.ablation.devices_per_run={per_run} must divide this host's {local} devices "
+           f"(or be 0: automatic)")
+  _require(ablation.runs_at_once >= 0,
+           f"--config.ablation.runs_at_once={ablation.runs_at_once} must be >= 1 (or 0: automatic)")
   _require(ablation.num_seeds >= 1, f"--config.ablation.num_seeds={ablation.num_seeds} must be >= 1")
   _require(len(ablation.arm_values) >= 1, "--config.ablation.arm_values is empty")
   try:

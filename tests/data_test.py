@@ -8,6 +8,7 @@ from conftest import digits_config
 
 from nin_jax import data
 from nin_jax.errors import DataError
+from nin_jax.placement import Placement
 
 
 class TinyMnist(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -68,7 +69,7 @@ def test_data_dir_that_does_not_exist(tmp_path):
 
 def test_digits_are_the_real_embedded_digits_with_a_fixed_split():
   first = data.load_dataset(digits_config())
-  again = data.load_dataset(digits_config())
+  again = data.load_digits()  # loaded anew, not the cached copy
   assert first.num_train_examples + first.num_test_examples == 1797
   assert first.x_train.shape == (1438, 8, 8, 1) and first.x_test.shape == (359, 8, 8, 1)
   np.testing.assert_array_equal(first.y_test, again.y_test)
@@ -196,35 +197,36 @@ def test_gcn_zca_is_fitted_on_the_training_split():
 
 def test_train_batches_depend_on_seed_and_step_only_and_cover_each_epoch_once():
   dataset = data.load_dataset(digits_config())
-  labels = [data.train_batch(dataset, step, 64, seed=3, num_devices=4)["label"].reshape(-1)
-            for step in range(22)]
-  again = data.train_batch(dataset, 5, 64, seed=3, num_devices=4)
-  np.testing.assert_array_equal(labels[5], again["label"].reshape(-1))
-  assert again["image"].shape == (4, 16, 8, 8, 1)
-  other_seed = data.train_batch(dataset, 5, 64, seed=4, num_devices=4)["label"].reshape(-1)
-  assert not np.array_equal(labels[5], other_seed)
-  # Within an epoch no example comes twice: images that hold their own index show it.
-  indexed = data.Dataset(np.arange(100, dtype=np.float32).reshape(100, 1, 1, 1), np.zeros(100),
-                         None, None, num_classes=1, num_train_examples=100, num_test_examples=0)
+  one_host = Placement.everywhere()
+
+  def rows(data_set, step, batch, seed, devices, parts=1):
+    return data.train_indices(data_set, step, batch, seed, devices, parts, one_host)["index"]
+
+  indices = [rows(dataset, step, 64, 3, 4).reshape(-1) for step in range(22)]
+  again = rows(dataset, 5, 64, 3, 4)
+  np.testing.assert_array_equal(indices[5], again.reshape(-1))
+  assert again.shape == (4, 16) and again.dtype == np.int32
+  assert not np.array_equal(indices[5], rows(dataset, 5, 64, 4, 4).reshape(-1))  # other seed
+  # Within an epoch no example comes twice.
+  indexed = data.Dataset(np.zeros((100, 1, 1, 1), np.float32), np.zeros(100), None, None,
+                         num_classes=1, num_train_examples=100, num_test_examples=0)
   for parts in (1, 2, 4):
     assert data.steps_per_epoch(100, 16, parts) == 6  # 6 x 16 = 96 of 100
-    epoch = np.concatenate([data.train_batch(indexed, s, 16, 3, 2, parts)["image"].reshape(-1)
-                            for s in range(6)])
-    assert len(np.unique(epoch)) == 96
-    next_epoch = data.train_batch(indexed, 6, 16, 3, 2, parts)["image"].reshape(-1)
+    epoch = np.concatenate([rows(indexed, s, 16, 3, 2, parts).reshape(-1) for s in range(6)])
+    assert len(np.unique(epoch)) == 96 and epoch.min() >= 0 and epoch.max() < 100
+    next_epoch = rows(indexed, 6, 16, 3, 2, parts).reshape(-1)
     assert not np.array_equal(next_epoch, epoch[:16])  # a fresh order each epoch
     # each part gives the same share of every batch, from its own contiguous range
-    first = data.train_batch(indexed, 0, 16, 3, 1, parts)["image"].reshape(parts, -1)
+    first = rows(indexed, 0, 16, 3, 1, parts).reshape(parts, -1)
     for part, share in enumerate(first):
       assert np.all((share >= 100 * part // parts) & (share < 100 * (part + 1) // parts))
 
 
 def test_eval_batches_count_every_example_once():
-  x, y = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1), np.arange(10)
-  batches = list(data.eval_batches(x, y, batch_size=4, num_batches=3, num_devices=2))
-  assert len(batches) == 3 and batches[0]["image"].shape == (2, 2, 1, 1, 1)
+  batches = list(data.eval_indices(10, batch_size=4, num_batches=3, num_devices=2))
+  assert len(batches) == 3 and batches[0]["index"].shape == (2, 2)
   mask = np.concatenate([b["mask"].reshape(-1) for b in batches])
-  seen = np.concatenate([b["label"].reshape(-1) for b in batches])[mask == 1]
+  seen = np.concatenate([b["index"].reshape(-1) for b in batches])[mask == 1]
   np.testing.assert_array_equal(seen, np.arange(10))
 
 

@@ -371,14 +371,14 @@ def test_an_error_in_the_input_thread_reaches_the_consumer():
 
 
 def test_an_error_in_the_input_thread_stops_training(tmp_path, monkeypatch):
-  real = data.train_batch
+  real = data.train_indices
 
   def failing(dataset, step, *args, **kwargs):
     if step == 6:
       raise MemoryError("cannot allocate the batch of step 6")
     return real(dataset, step, *args, **kwargs)
 
-  monkeypatch.setattr(data, "train_batch", failing)
+  monkeypatch.setattr(data, "train_indices", failing)
   outcome = _within(300, lambda: train.train_and_evaluate(digits_config(), tmp_path))
   assert isinstance(outcome.get("error"), MemoryError), outcome
   assert "step 6" in str(outcome["error"])

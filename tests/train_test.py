@@ -36,22 +36,24 @@ def test_micro_batches_give_the_same_update_as_the_whole_batch():
   import jax.numpy as jnp
   import ml_collections
   from nin_jax import data, models
+  from nin_jax.placement import Placement
   model = models.create_model("nin_cifar", 10, dropout=0.0)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
   config = digits_config().optimizer
   tx = train.create_optimizer(config, params, lambda step: 0.1)
   state = train.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
                            rng=jax.random.PRNGKey(1))
-  dataset = data.load_synthetic((32, 32, 3), 10, num_train=16, num_test=1)
-  batch = data.train_batch(dataset, 0, 16, 0, 1)
-  batch["image"] = batch["image"].astype(np.float32) / 255
+  placement = Placement.local(jax.local_devices()[:1])
+  dataset = data.load_synthetic((32, 32, 3), 10, num_train=16, num_test=1, placement=placement)
+  on_device = placement.replicate({"image": dataset.x_train.astype(np.float32) / 255,
+                                   "label": dataset.y_train})
+  batch = data.train_indices(dataset, 0, 16, 0, 1, 1, placement)
   augment = ml_collections.ConfigDict(dict(crop_padding=4, flip=True))
   results = {}
   for size in (0, 4):
-    step = train.map_over_devices(train.train_step, model=model, tx=tx,
-                                  learning_rate_fn=lambda step: 0.1, augment_config=augment,
-                                  microbatch_size=size)
-    results[size] = jax.device_get(step(state, batch))
+    step = placement.map(train.train_step, model=model, tx=tx, learning_rate_fn=lambda step: 0.1,
+                         augment_config=augment, microbatch_size=size)
+    results[size] = jax.device_get(step(state, on_device, batch))
   (whole, whole_metrics), (micro, micro_metrics) = results[0], results[4]
   for name in ("loss", "accuracy", "grad_norm"):
     np.testing.assert_allclose(micro_metrics[name], whole_metrics[name], rtol=1e-5, err_msg=name)

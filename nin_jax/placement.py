@@ -1,0 +1,121 @@
+"""Where a run trains: the one seam between a step and the devices.
+
+Two kinds of placement:
+  * `Placement.everywhere()`: every device of every host, the global batch split over them. A
+    single run: data parallelism, over the hosts of `jax.distributed` too.
+  * `Placement.local(devices)`: some devices of this host, this process alone. A sweep trains
+    several runs at once this way (nin_jax/sweep.py), each on its own group of devices; no
+    collective of such a run leaves its group, so hosts that split a sweep never wait on each
+    other inside a step.
+
+A step is mapped with `jax.pmap` over the placement's devices: the batch (example indices) split
+on axis 0, the train state and the dataset passed replicated (`in_axes=None`), the state coming
+back replicated (`out_axes=None`). Current JAX implements pmap as jit over shard_map on a
+one-axis mesh; `replicate` puts arrays there with that mesh's replicated sharding, so passing
+them costs nothing per step (measured: a 600 MB array passed as numpy took 1.1 s a step, as
+`replicate`d 0.5 ms).
+"""
+import dataclasses
+import functools
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from nin_jax.errors import DataError
+
+AXIS = "batch"  # the pmapped device axis
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """devices: this process's devices that the run uses, or None for every device of every host.
+  process_index, process_count: this process's place among the processes the run spans."""
+  devices: tuple | None
+  process_index: int
+  process_count: int
+
+  @classmethod
+  def everywhere(cls) -> "Placement":
+    return cls(None, jax.process_index(), jax.process_count())
+
+  @classmethod
+  def local(cls, devices) -> "Placement":
+    """A run on `devices` (of this process), trained by this process alone."""
+    return cls(tuple(devices), 0, 1)
+
+  @property
+  def local_devices(self) -> tuple:
+    return self.devices or tuple(jax.local_devices())
+
+  @property
+  def num_devices(self) -> int:
+    """Devices over all the run's hosts: the global batch is split over this many."""
+    return len(self.devices) if self.devices else jax.device_count()
+
+  @property
+  def is_chief(self) -> bool:
+    """Whether this process writes the run's files."""
+    return self.process_index == 0
+
+  @property
+  def is_placed(self) -> bool:
+    """A run of a sweep, on some devices of this process only."""
+    return self.devices is not None
+
+  def describe(self) -> str:
+    platform = self.local_devices[0].platform
+    if self.is_placed:
+      return (f"{platform} device(s) {[d.id for d in self.devices]} of process "
+              f"{jax.process_index()}")
+    return (f"{self.num_devices} ({len(self.local_devices)} local, process {self.process_index} "
+            f"of {self.process_count}), platform {platform}")
+
+  def map(self, step_fn, **static):
+    """`step_fn(replicated, dataset, batch)` over the devices: the first two arguments replicated,
+    the batch split on axis 0; outputs replicated."""
+    return jax.pmap(functools.partial(step_fn, **static), axis_name=AXIS,
+                    in_axes=(None, None, 0), out_axes=None, devices=self.devices)
+
+  def replicate(self, tree):
+    """A copy of `tree` (arrays) on each of this process's devices of the run, as `map` wants
+    its replicated arguments."""
+    mesh = Mesh(np.array(self.local_devices), (AXIS,))
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+  def shard(self, batch):
+    """`batch` (arrays [local devices, ...]) split over this process's devices of the run, as
+    `map` wants its batch argument. Call it ahead of the step (data.prefetch does): a host
+    array handed to the step itself waits for the device (measured: 40 ms a digits step
+    against 25 ms with the indices put ahead)."""
+    mesh = Mesh(np.array(self.local_devices), (AXIS,))
+    return jax.device_put(batch, NamedSharding(mesh, PartitionSpec(AXIS)))
+
+  def check_fits(self, num_bytes: int, what: str, fix: str):
+    """Raises DataError (one line) when `num_bytes` more do not fit in one device's free memory:
+    the device's own count where it reports one (GPU, TPU), else the host's available memory
+    (CPU devices live in host memory)."""
+    device = self.local_devices[0]
+    stats = device.memory_stats() or {}
+    if "bytes_limit" in stats:
+      free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+      where = f"{device.platform} device {device.id}"
+    else:
+      free = _host_available_bytes()
+      where = "host memory"
+    if free is not None and num_bytes > free:
+      raise DataError(f"{what} needs {num_bytes / 2**20:,.0f} MiB on each device but {where} has "
+                      f"{free / 2**20:,.0f} MiB free; {fix}")
+
+
+def _host_available_bytes():
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  return None if not hasattr(os, "sysconf") else (
+      os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
