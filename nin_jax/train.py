@@ -462,6 +462,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              # the first window of a process includes compilation: leave it out where we can
              "train_images_per_s": float(np.median(throughputs[1:] or throughputs or [0.0])),
              "steps_per_epoch": steps_per_epoch, "devices": placement.num_devices,
+             "device_ids": [d.id for d in placement.local_devices],
              "platform": placement.local_devices[0].platform, "seed": config.seed}
   if first_step == last_step:  # nothing trained by this launch: keep the training figures
     earlier = files.read_json(workdir / "summary.json", "run summary") or {}

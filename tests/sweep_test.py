@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 
 from experiments import ablate_depth, ablate_head
-from nin_jax import cam, sweep, train
+from nin_jax import cam, checkpointing, sweep, train
 from nin_jax.errors import ConfigError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -134,3 +134,96 @@ def test_report_command_on_a_folder_that_is_no_sweep(tmp_path):
                           capture_output=True, text=True)
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+# Placement: several runs at once, each on its own devices --------------------------------------
+
+def _short_sweep(**ablation):
+  config = ablate_head.get_config("digits")
+  config.num_epochs = 0.5  # 11 steps of 64; dropout and crops on
+  config.log_every_steps = 5
+  config.eval_every_steps = 0
+  config.checkpoint_every_steps = 4
+  config.ablation.arm_values = ("fc_dropout",)
+  config.ablation.num_seeds = 4
+  config.ablation.update(ablation)
+  return config
+
+
+def _summaries(workdir):
+  return {path.parent.name: json.loads(path.read_text())
+          for path in sorted(workdir.glob("*/seed_*/summary.json"))}
+
+
+def test_placed_sweep_equals_one_at_a_time_and_a_run_alone(tmp_path):
+  """4 runs at once, one per device, against the same sweep one run at a time, and the run that
+  trained on device 3 against the same run launched alone on a one-device machine."""
+  import jax
+  sweep.run_sweep(_short_sweep(devices_per_run=1, runs_at_once=4), tmp_path / "placed")
+  sweep.run_sweep(_short_sweep(devices_per_run=1, runs_at_once=1), tmp_path / "serial")
+  placed, serial = _summaries(tmp_path / "placed"), _summaries(tmp_path / "serial")
+  assert len(placed) == 4 and placed.keys() == serial.keys()
+  assert sorted(s["device_ids"][0] for s in placed.values()) == [0, 1, 2, 3]  # side by side
+  assert {s["device_ids"][0] for s in serial.values()} == {0}
+  for seed in placed:
+    for key in ("test_accuracy", "test_loss", "step", "finished"):
+      assert placed[seed][key] == serial[seed][key], (seed, key)
+  on_device_3 = next(seed for seed, s in placed.items() if s["device_ids"] == [3])
+  alone = subprocess.run(
+      [sys.executable, "launch.py", "--config=experiments/default.py:digits",
+       "--config.num_epochs=0.5", "--config.log_every_steps=5", "--config.eval_every_steps=0",
+       "--config.model.head=fc_dropout", f"--config.seed={on_device_3[len('seed_'):]}",
+       f"--workdir={tmp_path / 'alone'}"], cwd=REPO, capture_output=True, text=True,
+      timeout=600, env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+  assert alone.returncode == 0, alone.stderr[-3000:]
+  solo = json.loads((tmp_path / "alone" / "summary.json").read_text())
+  assert solo["devices"] == 1 and solo["device_ids"] == [0] and len(jax.devices()) == 4
+  for key in ("test_accuracy", "test_loss"):
+    assert solo[key] == placed[on_device_3][key], key
+
+
+def test_placed_runs_on_two_device_groups_equal_one_at_a_time(tmp_path):
+  """devices_per_run=2: two runs at once on devices [0, 1] and [2, 3], each splitting its batch."""
+  sweep.run_sweep(_short_sweep(devices_per_run=2, runs_at_once=2, num_seeds=2), tmp_path / "p")
+  sweep.run_sweep(_short_sweep(devices_per_run=2, runs_at_once=1, num_seeds=2), tmp_path / "s")
+  placed, serial = _summaries(tmp_path / "p"), _summaries(tmp_path / "s")
+  assert sorted(s["device_ids"] for s in placed.values()) == [[0, 1], [2, 3]]
+  for seed in placed:
+    assert placed[seed]["test_loss"] == serial[seed]["test_loss"], seed
+
+
+def test_a_failing_run_stops_the_others_at_a_checkpoint_and_names_itself(tmp_path):
+  """Runs at learning rates 0.05 and 1e4 side by side: the latter fail (NaN loss) and name
+  themselves; the others stop where they are, each with a checkpoint to resume from."""
+  config = _short_sweep(devices_per_run=1, runs_at_once=4, num_seeds=2)
+  config.ablation.field, config.ablation.arm_values = "optimizer.learning_rate", (0.05, 1e4)
+  config.num_epochs = 20.0  # long enough that the good runs are still running
+  with pytest.raises(Exception, match=r"run learning_rate_10000.0/seed_\d: loss is nan"):
+    sweep.run_sweep(config, tmp_path)
+  for seed in (0, 1):
+    run = tmp_path / "learning_rate_0.05" / f"seed_{seed}"
+    summary = json.loads((run / "summary.json").read_text())
+    assert not summary["finished"] and summary["step"] < summary["total_steps"]
+    assert checkpointing.steps_on_disk(run)[-1] == summary["step"]
+
+
+def test_hosts_share_the_runs_left_and_half_done_runs_stay_where_their_checkpoints_are():
+  F = sweep.FINISHED
+  # a shared workdir: every host sees the same; finished runs are skipped, the rest dealt out
+  assert sweep.share(np.array([[F, 4, 0, 0, 0]] * 2)) == [[1, 3], [2, 4]]
+  # per-host folders: run 1 half done on host 1 only, run 0 finished on host 0 only
+  assert sweep.share(np.array([[F, 0, 0, 0], [0, 8, 0, 0]])) == [[2, 3], [1]]
+  # relaunched on one host: everything left is its own; on three, as even as can be
+  assert sweep.share(np.array([[F, 4, 0, 0]])) == [[1, 2, 3]]
+  assert [len(s) for s in sweep.share(np.zeros((3, 7), int))] == [3, 2, 2]
+
+
+def test_device_memory_too_small_for_the_dataset_is_one_line():
+  import jax
+  from nin_jax.errors import DataError
+  from nin_jax.placement import Placement
+  with pytest.raises(DataError, match=r"needs 953,674,316 MiB on each device but host memory "
+                                      r"has [\d,]+ MiB free; .*more memory") as error:
+    Placement.local(jax.devices()[:1]).check_fits(10 ** 15, "the cifar10 dataset",
+                                                  "use devices with more memory")
+  assert "\n" not in str(error.value)
