@@ -78,6 +78,8 @@ def restore_latest(manager: ocp.CheckpointManager, state, workdir):
   """
   steps = sorted(manager.all_steps(), reverse=True)
   damaged = []
+  if _host_local(manager):  # restored as numpy, as it was saved (see save)
+    state = jax.device_get(state)
   for step in steps:
     try:
       restored = manager.restore(step, args=ocp.args.StandardRestore(state))
@@ -120,13 +122,23 @@ def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = Fals
   if not force and not manager.should_save(step):
     return False
   _wait(manager)  # the previous write: its failure is reported with its own step
-  if jax.process_count() > 1 and not getattr(manager, "is_placed", False):
+  if _host_local(manager):
+    # A run placed on this host's devices: orbax refuses arrays of one host when several
+    # processes run, so its state is written from host memory (small: the NIN models' ~1M
+    # parameters and momentum).
+    state = jax.device_get(state)
+  elif jax.process_count() > 1:
     # pmap's replicated outputs live on this host's devices only; orbax writes global arrays.
     state = jax.tree.map(ocp.utils.fully_replicated_host_local_array_to_global_array, state)
   try:
     return manager.save(step, args=ocp.args.StandardSave(state), force=force)
   except Exception as e:  # orbax/tensorstore wrap OSError in ValueError and others
     raise _write_failure(manager, step, e) from None
+
+
+def _host_local(manager):
+  """Whether `manager` belongs to a run placed on this host's devices in a multi-process job."""
+  return getattr(manager, "is_placed", False) and jax.process_count() > 1
 
 
 def finish(manager: ocp.CheckpointManager):

@@ -397,6 +397,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   manager = checkpointing.create_manager(workdir, every_steps=config.checkpoint_every_steps,
                                          keep=config.keep_checkpoints, placement=placement)
   state = checkpointing.restore_latest(manager, state, workdir)
+  if placement.is_placed:  # on the run's devices, whatever form it was restored in
+    state = placement.replicate(state)
   first_step = int(state.step)
 
   # --- The steps: compiled once for all runs of the same program on these devices -------------

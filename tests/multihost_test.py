@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -21,13 +22,15 @@ def free_port():
     return s.getsockname()[1]
 
 
-def launch_two_processes(workdir):
+def launch_two_processes(workdir, args=RUN):
+  """`launch.py ARGS` as 2 processes x 2 devices; `workdir`: one for both, or a list of two."""
   env = dict(os.environ, XLA_FLAGS=xla_flags(2))
   address = f"127.0.0.1:{free_port()}"
+  workdirs = workdir if isinstance(workdir, list) else [workdir] * 2
   processes = [subprocess.Popen(
-      [sys.executable, "launch.py", *RUN, f"--workdir={workdir}", f"--coordinator_address={address}",
-       "--num_processes=2", f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+      [sys.executable, "launch.py", *args, f"--workdir={workdirs[i]}",
+       f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"], cwd=REPO,
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
   logs = [p.communicate(timeout=300)[1] for p in processes]
   for process, log in zip(processes, logs):
     assert process.returncode == 0, log[-3000:]
@@ -60,3 +63,69 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
     assert "Resuming from checkpoint step 11" in log
   again = json.loads((tmp_path / "two" / "summary.json").read_text())
   assert again["test_accuracy"] == two_summary["test_accuracy"] and again["step"] == 11
+
+
+SWEEP = ["--config=experiments/ablate_head.py:digits", "--arm=gap,fc", "--config.num_epochs=0.5",
+         "--config.log_every_steps=5", "--config.eval_every_steps=0",
+         "--config.checkpoint_every_steps=4", "--config.ablation.num_seeds=2"]
+
+
+def _sweep_config():
+  from experiments import ablate_head
+  config = ablate_head.get_config("digits")
+  config.num_epochs, config.log_every_steps, config.eval_every_steps = 0.5, 5, 0
+  config.checkpoint_every_steps, config.ablation.num_seeds = 4, 2
+  return config
+
+
+def _results(workdir):
+  """{run: (test accuracy, test loss)}: the loss to float32 rounding (XLA:CPU's sums may differ
+  in the last bit between processes of another device count)."""
+  return {str(p.parent.relative_to(workdir)): (s["test_accuracy"], round(s["test_loss"], 5))
+          for p in sorted(workdir.glob("*/seed_*/summary.json"))
+          for s in [json.loads(p.read_text())]}
+
+
+def test_hosts_split_a_sweep_without_talking_and_a_relaunch_finishes_each_run_once(tmp_path):
+  """A sweep preempted on one host (gap/seed_0 finished, gap/seed_1 stopped at step 4), then
+  relaunched on 2 processes x 2 devices: each run left is trained once, by one host, the half-done
+  one from its checkpoint; every result equals an uninterrupted sweep's. Then the same sweep in
+  per-host folders, copied together: the same report."""
+  import jax
+  from nin_jax import report, sweep, train
+  from nin_jax.placement import Placement
+  config = _sweep_config()
+  sweep.run_sweep(config, tmp_path / "reference", only_arms=["gap", "fc"])  # uninterrupted
+  reference = _results(tmp_path / "reference")
+  assert len(reference) == 4
+
+  shared = tmp_path / "shared"
+  runs = {run.subdir: run for run in sweep.expand(config, ["gap", "fc"])}
+  one_device = Placement.local(jax.devices()[:1])
+  train.train_and_evaluate(runs["gap/seed_0"].config, shared / "gap/seed_0", placement=one_device)
+  train.train_and_evaluate(runs["gap/seed_1"].config, shared / "gap/seed_1", placement=one_device,
+                           stop_at_step=4)
+  logs = launch_two_processes(shared, SWEEP)
+  trained = [re.findall(r"Run \d+/\d+ (\S+) on cpu device", log) for log in logs]
+  assert sorted(trained[0] + trained[1]) == ["fc/seed_0", "fc/seed_1", "gap/seed_1"]
+  assert all(trained), trained  # both hosts took a share
+  for i, log in enumerate(logs):
+    assert f"Sweep: 4 runs, 1 finished earlier; this host ({i} of 2) trains" in log
+  resumed = [log for log in logs
+             if re.search(r"Resuming from checkpoint step 4 in \S+/gap/seed_1/checkpoints", log)]
+  assert len(resumed) == 1
+  assert _results(shared) == reference
+  assert (shared / "report.json").exists()
+
+  # Per-host folders (no shared storage), then copied together.
+  logs = launch_two_processes([tmp_path / "host0", tmp_path / "host1"], SWEEP)
+  merged = tmp_path / "merged"
+  shutil.copytree(tmp_path / "host0", merged)
+  shutil.copytree(tmp_path / "host1", merged, dirs_exist_ok=True)
+  assert _results(merged) == reference
+  report.write_report(merged)
+  tables = [json.loads((d / "report.json").read_text()) for d in (shared, merged)]
+  for table in tables:  # the results, not how fast they came
+    for arm in table["arms"]:
+      del arm["train_images_per_s"], arm["wall_time_s"]
+  assert tables[0] == tables[1] and tables[0]["comparisons"]
