@@ -1,4 +1,5 @@
-"""Train-step speed: `python -m nin_jax.benchmark [--out=benchmark.json]`.
+"""Train-step speed: `python -m nin_jax.benchmark [--out=benchmark.json]`; sweep throughput:
+`python -m nin_jax.benchmark --sweep=experiments/ablate_head.py:digits`.
 
 For the paper's CIFAR-10 NIN at batch 128 and the 224-pixel NiN at batch 16, it measures the real
 train step of nin_jax.train (the pmapped step, SGD with momentum and weight decay, augmentation on
@@ -8,9 +9,8 @@ the device) and prints one table:
   * achieved FLOP/s, with the FLOPs of the compiled step from XLA's cost analysis, and that as a
     fraction of the f32 matmul peak measured in the same run with a large jnp.dot;
   * peak host memory (and device memory where the device reports it);
-  * the share of step time spent waiting on input: the real pipeline (indices drawn on the host
-    and put on the device by a prefetch thread; gather, crops and flips on the device) against a
-    constant batch of indices;
+  * the share of step time spent on input: the real pipeline (the epoch's indices on the device,
+    gather, crops and flips on the device) against a constant batch of indices;
   * the PyTorch peer (../shared/peer/torch_nin.py, channels_last) run in the same command, and the
     ratio of images/s. torch is not a dependency of nin-jax: without it the peer is skipped.
 
@@ -46,6 +46,14 @@ flags.DEFINE_list("models", ["cifar", "imagenet"], "Which of cifar, imagenet.")
 flags.DEFINE_bool("breakdown", False, "Also time each layer of the CIFAR NIN alone.")
 flags.DEFINE_integer("microbatch_size", None, "Per-device micro-batch of the train step "
                      "(config.microbatch_size); default: per model, see SETUPS; 0 = off.")
+flags.DEFINE_string("sweep", None, "Measure sweep throughput instead: this ablation config "
+                    "(experiments/ablate_head.py:digits), one run at a time against placed.")
+flags.DEFINE_integer("sweep_seeds", 2, "With --sweep: seeds per arm.")
+flags.DEFINE_float("sweep_epochs", 10.0, "With --sweep: epochs per run.")
+flags.DEFINE_list("runs_at_once", ["1", "auto"], "With --sweep: the settings of "
+                  "ablation.runs_at_once to compare (auto: the sweep's own choice).")
+flags.DEFINE_list("members", ["1", "3"], "With --sweep: members (seeds) per compiled step to time "
+                  "with jax.vmap, against one model a step.")
 flags.DEFINE_bool("profile", False, "Also print where the CIFAR step's time goes, op by op, "
                   "from a jax.profiler trace.")
 
@@ -125,12 +133,12 @@ def measure(name, steps, microbatch_size=None, profile=False):
   step_s = _median_seconds(run_constant, steps)
   ops = profile_ops(run_constant, compiled.as_text()) if profile else None
 
-  # The real input path: each step's indices drawn on the host and put on the devices in a
-  # prefetch thread; gather and augmentation on the device.
-  batches = data.prefetch(placement.shard(indices(s)) for s in range(10 ** 9))
+  # The real input path, as train.py runs it: the epoch's indices on the devices, each step
+  # picking its row by its step count; gather and augmentation on the device.
+  table = placement.shard(data.epoch_indices(dataset, 0, batch_size, 0, num_devices, 1, placement))
   def run_pipeline():
     nonlocal state
-    state, metrics = p_train_step(state, on_device, next(batches))
+    state, metrics = p_train_step(state, on_device, table)
     return metrics
 
   jax.block_until_ready(run_pipeline())
@@ -214,8 +222,113 @@ def run_peer(script, name, steps):
   return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def load_config(spec):
+  """The ConfigDict of 'path/to/config.py[:variant]', as launch.py's --config reads it."""
+  import importlib.util
+  path, _, variant = spec.partition(":")
+  loader = importlib.util.spec_from_file_location("benchmark_config", files.resolve(path))
+  module = importlib.util.module_from_spec(loader)
+  loader.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def measure_sweep(config, runs_at_once):
+  """Wall time of `config`'s sweep from nothing (compilations included) at one setting of
+  ablation.runs_at_once; runs per hour and images per second summed over its runs."""
+  from nin_jax import sweep
+  config = config.copy_and_resolve_references()
+  config.ablation.runs_at_once = 0 if runs_at_once == "auto" else int(runs_at_once)
+  per_run, at_once = sweep.placement_of(config.ablation)
+  train._shared.clear()  # every setting compiles for itself, as a fresh launch does
+  train._on_device.clear()
+  with tempfile.TemporaryDirectory() as workdir:
+    start = time.perf_counter()
+    sweep.run_sweep(config, workdir)
+    wall = time.perf_counter() - start
+    summaries = [json.load(open(p)) for p in glob.glob(f"{workdir}/*/seed_*/summary.json")]
+  images = sum(s["step"] for s in summaries) * config.batch_size
+  return {"runs_at_once": at_once, "devices_per_run": per_run, "runs": len(summaries),
+          "wall_s": wall, "runs_per_hour": 3600 * len(summaries) / wall,
+          "images_per_s": images / wall}
+
+
+def measure_members(config, counts, steps):
+  """Member-steps per second of `config`'s run with M members (seeds) in one compiled step
+  (`jax.vmap` over the train state and the batch), on one device, for M in `counts`."""
+  placement = Placement.local(jax.local_devices()[:1])
+  dataset = data.load_dataset(config, placement)
+  model = train.create_model(config, dataset.num_classes)
+  learning_rate_fn = train.create_learning_rate_fn(config.optimizer, 100, 10_000)
+  on_device = placement.replicate({"image": dataset.x_train, "label": dataset.y_train})
+  static = dict(model=model, learning_rate_fn=learning_rate_fn, augment_config=config.augment,
+                microbatch_size=config.microbatch_size)
+  def state(seed):
+    params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *dataset.x_train.shape[1:])),
+                        train=False)["params"]
+    static["tx"] = train.create_optimizer(config.optimizer, params, learning_rate_fn)
+    return train.TrainState(step=jnp.int32(0), params=params,
+                            opt_state=static["tx"].init(params), rng=jax.random.PRNGKey(seed))
+  def members_step(states, dataset_on_device, batches, **static):
+    return jax.vmap(lambda s, b: train.train_step(s, dataset_on_device, b, **static))(
+        states, batches)
+  rows = []
+  for count in counts:
+    states = [state(seed) for seed in range(count)]
+    batches = [data.train_indices(dataset, 0, config.batch_size, seed, 1, 1, placement)
+               for seed in range(count)]
+    if count == 1:  # the plain step, as a run trains
+      step, current = placement.map(train.train_step, **static), states[0]
+      batch = placement.shard(batches[0])
+    else:
+      step = placement.map(members_step, **static)
+      current = jax.tree.map(lambda *x: jnp.stack(x), *states)
+      batch = placement.shard({"index": np.stack([b["index"] for b in batches], axis=1)})
+    def run():
+      nonlocal current
+      current, metrics = step(current, on_device, batch)
+      return metrics
+    jax.block_until_ready(run())
+    seconds = _median_seconds(run, steps)
+    rows.append({"members": count, "step_ms": 1e3 * seconds, "member_steps_per_s": count / seconds})
+  return rows
+
+
+def sweep_main():
+  """`--sweep`: sweep throughput, one run at a time against placed, and members per step."""
+  config = load_config(flags.FLAGS.sweep)
+  config.ablation.num_seeds = flags.FLAGS.sweep_seeds
+  config.num_epochs = flags.FLAGS.sweep_epochs
+  config.log_every_steps = min(config.log_every_steps, 20)
+  rows = [measure_sweep(config, setting) for setting in flags.FLAGS.runs_at_once]
+  base = config.copy_and_resolve_references()
+  del base["ablation"]
+  members = measure_members(base, [int(m) for m in flags.FLAGS.members], flags.FLAGS.steps)
+  report = {"config": flags.FLAGS.sweep, "seeds": config.ablation.num_seeds,
+            "epochs": config.num_epochs, "batch": config.batch_size, "jax": jax.__version__,
+            "platform": jax.devices()[0].platform, "devices": jax.local_device_count(),
+            "cpu_count": os.cpu_count(), "sweep": rows, "members": members}
+  files.write_json(files.resolve(flags.FLAGS.out), report)
+  print(f"{flags.FLAGS.sweep}: {rows[0]['runs']} runs of {config.num_epochs:g} epochs (batch "
+        f"{config.batch_size}); {jax.devices()[0].platform} x {jax.local_device_count()}, "
+        f"{os.cpu_count()} cores; wall time from nothing, compilations included")
+  print("| runs at once | devices per run | wall s | runs/hour | images/s summed | speed-up |")
+  print("|---|---|---|---|---|---|")
+  for r in rows:
+    print(f"| {r['runs_at_once']} | {r['devices_per_run']} | {r['wall_s']:.0f} "
+          f"| {r['runs_per_hour']:.0f} | {r['images_per_s']:.0f} "
+          f"| {r['images_per_s'] / rows[0]['images_per_s']:.2f}x |")
+  print(f"\nMembers (seeds) in one compiled step (jax.vmap), {config.dataset} train step, batch "
+        f"{config.batch_size}, one device:")
+  print("| members | step ms | member-steps/s | vs one model |\n|---|---|---|---|")
+  for r in members:
+    print(f"| {r['members']} | {r['step_ms']:.1f} | {r['member_steps_per_s']:.1f} "
+          f"| {r['member_steps_per_s'] / members[0]['member_steps_per_s']:.2f}x |")
+
+
 def main(argv):
   del argv
+  if flags.FLAGS.sweep:
+    return sweep_main()
   peak = matmul_peak_flops()
   rows = []
   for name in flags.FLAGS.models:

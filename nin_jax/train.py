@@ -122,14 +122,19 @@ def cross_entropy(logits, labels):
 
 def train_step(state, dataset, batch, *, model, tx, learning_rate_fn, augment_config,
                microbatch_size=0):
-  """One SGD step on the examples `batch["index"]` (int32 [per_device]) of `dataset` (the
-  device-resident {"image": float32 NHWC, "label": int32}); returns (state, metrics)."""
+  """One SGD step on the examples `batch["index"]` of `dataset` (the device-resident
+  {"image": float32 NHWC, "label": int32}); returns (state, metrics). The indices are int32
+  [per_device], or the whole epoch's [steps_per_epoch, per_device] (data.epoch_indices), of which
+  the step takes row `state.step % steps_per_epoch`."""
   step_rng = jax.random.fold_in(state.rng, state.step)
   augment_rng, dropout_rng = jax.random.split(step_rng)
   device = lax.axis_index(AXIS)
-  per_device = batch["index"].shape[0]
-  labels = jnp.take(dataset["label"], batch["index"], axis=0)
-  images = data.augment(augment_rng, jnp.take(dataset["image"], batch["index"], axis=0),
+  index = batch["index"]
+  if index.ndim == 2:
+    index = lax.dynamic_index_in_dim(index, state.step % index.shape[0], keepdims=False)
+  per_device = index.shape[0]
+  labels = jnp.take(dataset["label"], index, axis=0)
+  images = data.augment(augment_rng, jnp.take(dataset["image"], index, axis=0),
                         device * per_device + jnp.arange(per_device),
                         augment_config.crop_padding, augment_config.flip)
   # Dropout masks differ per device and per step.
@@ -408,14 +413,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   p_eval_step = shared(("eval", key), lambda: _CompileOnce(placement.map(eval_step, model=model)))
   last_step = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
   last_step = max(first_step, last_step)  # a finished run relaunched: nothing left to do
-  batches = data.prefetch(placement.shard(data.train_indices(
-      dataset, step, config.batch_size, config.seed, num_local_devices, parts, placement))
-      for step in range(first_step, last_step))
+
+  def epoch_table(step):  # this epoch's indices, on the devices
+    return placement.shard(data.epoch_indices(dataset, step // steps_per_epoch, config.batch_size,
+                                              config.seed, num_local_devices, parts, placement))
 
   # --- The loop --------------------------------------------------------------------------------
   guard = LossGuard(dataset.num_classes, config.stuck_loss_steps, config.stuck_loss_tolerance)
   pending, window_start, window_time = [], first_step, time.time()
   test, test_step, throughputs = None, None, []
+  table = epoch_table(first_step) if first_step < last_step else None
   # On any exit, finish the checkpoint writes in flight: a stopped run keeps its last good state.
   with (_finishing(manager),
         _progress_bar(first_step, total_steps, disable=not (is_chief and progress_bar)) as progress,
@@ -424,7 +431,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if stop is not None and stop.is_set():  # another run of the sweep failed: keep this one
         last_step = step
         break
-      state, step_metrics = p_train_step(state, device_data["train"], next(batches))
+      if step % steps_per_epoch == 0 and step != first_step:
+        table = epoch_table(step)
+      state, step_metrics = p_train_step(state, device_data["train"], table)
       pending.append(step_metrics)
       done = step + 1 == last_step
       is_eval = config.eval_every_steps and ((step + 1) % config.eval_every_steps == 0 or done)

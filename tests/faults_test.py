@@ -1,6 +1,6 @@
 """Faults that new users hit (issue 9): paths as people type them, schedules with warm-up, run
 files cut by a kill, logs after a crash, shapes and preprocessing that cannot work, flags that
-need other flags, unreachable remote paths, a full disk, a failing input thread.
+need other flags, unreachable remote paths, a full disk, a failing input step.
 
 The .npz layouts are in data_test.py and the statistics' edge cases in report_test.py."""
 import json
@@ -340,7 +340,7 @@ def test_a_workdir_that_cannot_be_created_is_one_line(tmp_path):
   assert last_line(result).startswith("error: writing a file to "), last_line(result)
 
 
-# 11. A stuck input thread -----------------------------------------------------------------------
+# 11. A failing input step (indices are drawn on the main thread, once per epoch) ----------------
 
 def _within(seconds, function):
   """Runs `function` in a thread; fails the test if it has not returned after `seconds`."""
@@ -359,18 +359,7 @@ def _within(seconds, function):
   return outcome
 
 
-def test_an_error_in_the_input_thread_reaches_the_consumer():
-  def batches():
-    yield 1
-    yield 2
-    raise IndexError("row 1439 is out of bounds")
-
-  outcome = _within(30, lambda: list(data.prefetch(batches())))
-  assert isinstance(outcome.get("error"), IndexError), outcome
-  assert "row 1439" in str(outcome["error"])
-
-
-def test_an_error_in_the_input_thread_stops_training(tmp_path, monkeypatch):
+def test_an_error_drawing_the_indices_stops_training(tmp_path, monkeypatch):
   real = data.train_indices
 
   def failing(dataset, step, *args, **kwargs):
