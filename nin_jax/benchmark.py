@@ -241,6 +241,7 @@ def measure_sweep(config, runs_at_once):
   per_run, at_once = sweep.placement_of(config.ablation)
   train._shared.clear()  # every setting compiles for itself, as a fresh launch does
   train._on_device.clear()
+  data._loaded.clear()
   with tempfile.TemporaryDirectory() as workdir:
     start = time.perf_counter()
     sweep.run_sweep(config, workdir)

@@ -23,6 +23,7 @@ import logging
 import queue
 import threading
 import time
+import zlib
 
 import jax
 import ml_collections
@@ -143,38 +144,74 @@ def placement_of(ablation) -> tuple[int, int]:
 
 def run_sweep(config, workdir, only_arms=None, overwrite=False):
   """Runs this host's share of what is left of the sweep, then (process 0) writes the report
-  from all runs on disk. `overwrite` starts every selected run over, finished ones included."""
+  from all runs on disk. `overwrite` starts every selected run over, finished ones included.
+
+  Several hosts: a host that cannot start (a bad config, a run folder of another config) stops
+  every host with one line at launch, and a failed run on one host lets the others finish theirs
+  before every host stops (the failing one with the error); none waits forever."""
   workdir = epath.Path(files.resolve(workdir))
-  validation.validate_ablation(config)
-  per_run, at_once = placement_of(config.ablation)
-  runs = expand(config, only_arms)
-  for run in runs:  # every arm's config, before the first run starts
-    validation.validate(run.config, per_run)
-    if not overwrite:  # a finished run of another config must not pass as this sweep's
-      run_workdir.check_or_clear(workdir / run.subdir, run.config, overwrite=False)
-  workdir.mkdir(parents=True, exist_ok=True)  # every host: per-host folders each need theirs
-  files.write_json(workdir / "sweep.json", {
-      "field": config.ablation.field, "arms": list(arms(config)),
-      "num_seeds": config.ablation.num_seeds,
-      "paper_test_error": dict(config.ablation.paper_test_error),
-      "dataset": config.dataset})
-  seen = np.array([0 if overwrite else progress(workdir / run.subdir) for run in runs], np.int64)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # a collective outside any step, once
-    table = np.asarray(multihost_utils.process_allgather(seen)).reshape(jax.process_count(), -1)
-  else:
-    table = seen[None]
+  runs, seen, error = [], None, None
+  try:
+    validation.validate_ablation(config)
+    per_run, at_once = placement_of(config.ablation)
+    runs = expand(config, only_arms)
+    for run in runs:  # every arm's config, before the first run starts
+      validation.validate(run.config, per_run)
+      if not overwrite:  # a finished run of another config must not pass as this sweep's
+        run_workdir.check_or_clear(workdir / run.subdir, run.config, overwrite=False)
+    workdir.mkdir(parents=True, exist_ok=True)  # every host: per-host folders each need theirs
+    files.write_json(workdir / "sweep.json", {
+        "field": config.ablation.field, "arms": list(arms(config)),
+        "num_seeds": config.ablation.num_seeds,
+        "paper_test_error": dict(config.ablation.paper_test_error),
+        "dataset": config.dataset})
+    seen = np.array([0 if overwrite else progress(workdir / run.subdir) for run in runs], np.int64)
+  except Exception as e:  # noqa: BLE001 -- raised below, once every host knows
+    error = e
+  table = _gather(runs, seen, error)
   mine = [runs[r] for r in share(table)[jax.process_index()]]
   done = int((table == FINISHED).any(axis=0).sum())
   logging.info("Sweep: %d runs, %d finished earlier; this host (%d of %d) trains %d, %d at once "
                "on groups of %d device(s)", len(runs), done, jax.process_index(),
                jax.process_count(), len(mine), min(at_once, len(mine)), per_run)
-  train_placed(mine, workdir, per_run, at_once, overwrite)
+  try:
+    train_placed(mine, workdir, per_run, at_once, overwrite)
+  except Exception as e:  # noqa: BLE001 -- the other hosts finish their runs first
+    error = e
   if jax.process_count() > 1:  # the report waits for every host's runs
     import orbax.checkpoint as ocp
-    ocp.multihost.sync_global_processes("nin_jax_sweep_finished", timeout=7 * 24 * 3600)
+    ocp.multihost.sync_global_processes("nin_jax_sweep_finished", timeout=7 * 24 * 3600,
+                                        processes=set(range(jax.process_count())))
+  if error is not None:
+    raise error
   if jax.process_index() == 0:
     return report.write_report(workdir)
+
+
+def _gather(runs, seen, error) -> np.ndarray:
+  """The progress table of every host (`share`'s input); on one host, its own row. Raises this
+  host's `error`, or one ConfigError line when another host could not start or was given
+  another sweep (other --arm, seeds or config)."""
+  if jax.process_count() == 1:
+    if error is not None:
+      raise error
+    return seen[None]
+  from jax.experimental import multihost_utils  # collectives outside any step, at launch only
+  names = "\n".join(run.subdir for run in runs).encode()
+  header = np.array([error is not None, len(runs), zlib.crc32(names)], np.int64)
+  headers = np.asarray(multihost_utils.process_allgather(header)).reshape(-1, 3)
+  if error is not None:
+    raise error
+  failed = np.flatnonzero(headers[:, 0])
+  if len(failed):
+    raise ConfigError(f"host(s) {failed.tolist()} could not start the sweep (their logs say "
+                      "why); fix that and relaunch every host")
+  if (headers[:, 1:] != headers[0, 1:]).any():
+    raise ConfigError(f"the hosts were given different sweeps (runs per host: "
+                      f"{headers[:, 1].tolist()}): launch every host with the same --config, "
+                      "overrides and --arm")
+  gathered = multihost_utils.process_allgather(seen)
+  return np.asarray(gathered).reshape(jax.process_count(), -1)
 
 
 def train_placed(runs, workdir, devices_per_run, runs_at_once, overwrite=False):
@@ -200,8 +237,10 @@ def train_placed(runs, workdir, devices_per_run, runs_at_once, overwrite=False):
       try:
         summary = train.train_and_evaluate(run.config, workdir / run.subdir, overwrite=overwrite,
                                            placement=placement, stop=stop,
-                                           progress_bar=runs_at_once == 1)
+                                           progress_bar=len(threads) == 1)
       except BaseException as e:  # noqa: BLE001 -- raised in the main thread below
+        logging.error("Run %s failed: %s: %s", run.subdir, type(e).__name__,
+                      files.one_line(e, 300))
         failures.append((run, e))
         stop.set()
         return

@@ -229,13 +229,13 @@ _shared_lock = threading.Lock()
 
 
 def shared(key, build):
-  """`build()`, made once per `key` and kept for every run that asks again (the 32 newest)."""
+  """`build()`, made once per `key` and kept for every run that asks again (the 256 newest)."""
   with _shared_lock:
     if key in _shared:
       _shared.move_to_end(key)
     else:
       _shared[key] = build()
-      while len(_shared) > 32:
+      while len(_shared) > 256:
         _shared.popitem(last=False)
     return _shared[key]
 
@@ -428,13 +428,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         _progress_bar(first_step, total_steps, disable=not (is_chief and progress_bar)) as progress,
         metrics.MetricsWriter(workdir, first_step, enabled=is_chief) as writer):
     for step in range(first_step, last_step):
-      if stop is not None and stop.is_set():  # another run of the sweep failed: keep this one
-        last_step = step
-        break
       if step % steps_per_epoch == 0 and step != first_step:
         table = epoch_table(step)
       state, step_metrics = p_train_step(state, device_data["train"], table)
       pending.append(step_metrics)
+      if stop is not None and stop.is_set():  # another run of the sweep failed: this step is
+        last_step = step + 1                  # the last, checked and logged before its checkpoint
       done = step + 1 == last_step
       is_eval = config.eval_every_steps and ((step + 1) % config.eval_every_steps == 0 or done)
       is_checkpoint = manager.should_save(step + 1)
@@ -457,6 +456,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         progress.update(len(window))
         pending, window_start, window_time = [], step + 1, time.time()
         checkpointing.save(manager, step + 1, state)
+      if done:
+        break
     checkpointing.save(manager, last_step, state, force=True)
 
   # --- Summary ---------------------------------------------------------------------------------

@@ -183,6 +183,9 @@ def validate_ablation(config):
   """Checks the `ablation` section of a sweep config."""
   ablation = config.ablation
   local = jax.local_device_count()
+  with ablation.unlocked():  # ablation sections written before these fields existed
+    ablation.devices_per_run = ablation.get("devices_per_run", 0)
+    ablation.runs_at_once = ablation.get("runs_at_once", 0)
   per_run = ablation.devices_per_run
   _require(per_run >= 0 and (not per_run or local % per_run == 0),
            f"--config.ablation.devices_per_run={per_run} must divide this host's {local} devices "

@@ -227,3 +227,13 @@ def test_device_memory_too_small_for_the_dataset_is_one_line():
     Placement.local(jax.devices()[:1]).check_fits(10 ** 15, "the cifar10 dataset",
                                                   "use devices with more memory")
   assert "\n" not in str(error.value)
+
+
+def test_an_ablation_section_written_before_placement_existed_still_works():
+  import ml_collections
+  from nin_jax import validation
+  config = ablate_head.get_config("digits")
+  config.ablation = ml_collections.ConfigDict(dict(
+      field="model.head", arm_values=("gap", "fc"), num_seeds=2, paper_test_error={}))
+  validation.validate_ablation(config)
+  assert sweep.placement_of(config.ablation) == (1, 4)  # automatic: one run per CPU device here
