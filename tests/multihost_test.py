@@ -31,7 +31,7 @@ def launch_two_processes(workdir, args=RUN):
       [sys.executable, "launch.py", *args, f"--workdir={workdirs[i]}",
        f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"], cwd=REPO,
       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
-  logs = [p.communicate(timeout=300)[1] for p in processes]
+  logs = [p.communicate(timeout=600)[1] for p in processes]
   for process, log in zip(processes, logs):
     assert process.returncode == 0, log[-3000:]
   return logs
