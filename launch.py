@@ -7,6 +7,7 @@ several hosts), then `nin_jax.train.train_and_evaluate`. Relaunching with the sa
 resumes from the latest checkpoint there.
 """
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up banner is noise here
@@ -136,6 +137,8 @@ def _one_line(error):
   lines = [line.strip() for line in str(error).replace("\\n", "\n").splitlines() if line.strip()]
   if any(line.startswith("Traceback") for line in lines):
     lines = lines[-1:]  # the config file's own exception
+    # nin-jax's own errors (a bad config string, experiments/default.py) read as written
+    lines = [re.sub(r"^nin_jax\.errors\.\w+: ", "", line) for line in lines]
   return " ".join(lines).replace("\\'", "'")
 
 

@@ -23,13 +23,15 @@ Quick, on the embedded digits (no network):
 import ml_collections
 
 from experiments import default
+from nin_jax import sweep
 
 
+@default.with_overrides  # key=value fields of the config string apply after this function
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = default.get_config(variant)
   config.ablation = default.ablation(
-      field="model.num_1x1", arm_values=(0, 1, 2, 3), num_seeds=3,
+      sweep.arm_set("model.num_1x1", (0, 1, 2, 3)), num_seeds=3,
       paper_test_error=({"num_1x1_2": 10.41} if config.dataset == "cifar10" else {}))
-  if variant == "digits":
+  if "digits" in default.variant_names(variant):
     config.eval_every_steps = 110  # every 5 epochs: the test-error-by-epoch curves
   return config

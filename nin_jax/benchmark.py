@@ -99,12 +99,11 @@ def measure(name, steps, microbatch_size=None, profile=False):
     microbatch_size = default_microbatch
   num_devices = jax.local_device_count()
   model = models.create_model(preset, classes)
-  params = jax.jit(functools.partial(model.init, train=False))(
-      jax.random.PRNGKey(0), jnp.zeros((1, *shape)))["params"]
+  model_variables = jax.jit(functools.partial(model.init, train=False))(
+      jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
   learning_rate_fn = lambda step: 0.01  # noqa: E731
-  tx = train.create_optimizer(_optimizer_config(), params, learning_rate_fn)
-  state = train.TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params),
-                           rng=jax.random.PRNGKey(1))
+  tx = train.create_optimizer(_optimizer_config(), model_variables["params"], learning_rate_fn)
+  state = train.create_train_state(model_variables, tx, jax.random.PRNGKey(1))
   augment = ml_collections.ConfigDict(dict(crop_padding=4, flip=True))
   placement = Placement.everywhere()
   p_train_step = placement.map(train.train_step, model=model, tx=tx,
@@ -264,11 +263,11 @@ def measure_members(config, counts, steps):
   static = dict(model=model, learning_rate_fn=learning_rate_fn, augment_config=config.augment,
                 microbatch_size=config.microbatch_size)
   def state(seed):
-    params = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *dataset.x_train.shape[1:])),
-                        train=False)["params"]
-    static["tx"] = train.create_optimizer(config.optimizer, params, learning_rate_fn)
-    return train.TrainState(step=jnp.int32(0), params=params,
-                            opt_state=static["tx"].init(params), rng=jax.random.PRNGKey(seed))
+    model_variables = model.init(jax.random.PRNGKey(seed),
+                                 jnp.zeros((1, *dataset.x_train.shape[1:])), train=False)
+    static["tx"] = train.create_optimizer(config.optimizer, model_variables["params"],
+                                          learning_rate_fn)
+    return train.create_train_state(model_variables, static["tx"], jax.random.PRNGKey(seed))
   def members_step(states, dataset_on_device, batches, **static):
     return jax.vmap(lambda s, b: train.train_step(s, dataset_on_device, b, **static))(
         states, batches)

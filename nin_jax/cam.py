@@ -25,13 +25,14 @@ flags.DEFINE_integer("num_images", 12, "How many test images (rows).", lower_bou
 flags.DEFINE_string("out", None, "PNG path; default RUN_WORKDIR/class_activation_maps.png.")
 
 
-def class_maps(model, params, images, batch_size=256):
+def class_maps(model, model_variables, images, batch_size=256):
   """Logits [N, classes] and the last mlpconv's output [N, h, w, classes] (one map per class)
   for `images` [N, H, W, C], `batch_size` images at a time (CIFAR-10's 10,000 test images at
-  once would need ~8 GB of activations)."""
+  once would need ~8 GB of activations). `model_variables`: {"params": ..., **model state}, as
+  checkpointing.restore_variables returns them."""
   @jax.jit
   def forward(batch):
-    logits, state = model.apply({"params": params}, batch, train=False,
+    logits, state = model.apply(model_variables, batch, train=False,
                                 capture_intermediates=True, mutable=["intermediates"])
     return logits, state["intermediates"][f"mlpconv{len(model.blocks)}"]["__call__"][0]
   parts = [jax.device_get(forward(jnp.asarray(images[i:i + batch_size])))
@@ -62,10 +63,10 @@ def write_figure(run_dir, num_images, out):
   dataset = data.load_dataset(config)
   model = train.create_model(config, dataset.num_classes)
   try:
-    params = checkpointing.restore_params(run_dir)
+    model_variables = checkpointing.restore_variables(run_dir)
   except FileNotFoundError as e:
     raise ConfigError(str(e)) from None
-  logits, maps = class_maps(model, params, jnp.asarray(dataset.x_test))
+  logits, maps = class_maps(model, model_variables, jnp.asarray(dataset.x_test))
   predicted = np.argmax(logits, -1)
   rows = pick_examples(predicted, dataset.y_test, num_images)
 

@@ -1,8 +1,10 @@
 """Orbax checkpoints of the whole train state, kept in `<workdir>/checkpoints/<step>/`.
 
-The state holds params, optimizer state, step and the base RNG key. The data position needs no
-entry of its own: the batch of a step is a function of (seed, step) (see data.train_indices).
+The state holds params, model state (BatchNorm's running averages; {} without), optimizer state,
+step and the base RNG key. The data position needs no entry of its own: the batch of a step is a
+function of (seed, step) (see data.train_indices).
 """
+import dataclasses
 import logging
 import sys
 import threading
@@ -76,6 +78,8 @@ def restore_latest(manager: ocp.CheckpointManager, state, workdir):
   and moved to `<workdir>/damaged_checkpoints/` so that its step can be written again; the next
   older one is tried. Returns `state` itself only when there is no checkpoint at all: with
   checkpoints present but none readable, it raises rather than silently start from scratch.
+  Checkpoints written before TrainState had `model_state` restore into a state whose
+  `model_state` is empty (a model without BatchNorm); see _restore.
   """
   steps = sorted(manager.all_steps(), reverse=True)
   damaged = []
@@ -83,7 +87,7 @@ def restore_latest(manager: ocp.CheckpointManager, state, workdir):
     state = jax.device_get(state)
   for step in steps:
     try:
-      restored = manager.restore(step, args=ocp.args.StandardRestore(state))
+      restored = _restore(manager, step, state)
     except Exception as e:  # orbax/tensorstore raise many types for damaged files
       logging.warning("Checkpoint step %d in %s is unreadable, skipped (%s: %s)", step,
                       manager.directory, type(e).__name__, str(e).splitlines()[0][:200])
@@ -97,6 +101,33 @@ def restore_latest(manager: ocp.CheckpointManager, state, workdir):
     raise CheckpointError(f"none of the {len(steps)} checkpoints in {manager.directory} "
                           f"(steps {steps}) can be read; move that folder aside to start over")
   return state
+
+
+def _restore(manager, step, state):
+  """`state` (a train state dataclass) restored from checkpoint `step`.
+
+  A checkpoint written before a field was added to the train state lacks that field. When the
+  field is empty in `state` (TrainState.model_state of a model without BatchNorm: {}), the other
+  fields are restored and it keeps its empty value; orbax itself refuses the differing trees.
+  """
+  saved = _saved_fields(manager, step)
+  fields = [f.name for f in dataclasses.fields(state)]
+  absent = [name for name in fields if saved is not None and name not in saved]
+  if not absent or any(jax.tree.leaves(getattr(state, name)) for name in absent):
+    return manager.restore(step, args=ocp.args.StandardRestore(state))
+  target = {name: getattr(state, name) for name in fields if name not in absent}
+  return state.replace(**manager.restore(step, args=ocp.args.StandardRestore(target)))
+
+
+def _saved_fields(manager, step):
+  """The top-level names in checkpoint `step`'s tree, or None where its metadata is unreadable
+  (the restore then fails, and says why)."""
+  try:
+    metadata = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(manager.directory) / str(step) / "default")
+    return set(metadata.tree)
+  except Exception:  # noqa: BLE001 -- a damaged checkpoint: its restore reports it
+    return None
 
 
 def _move_aside(manager, steps, destination):
@@ -190,6 +221,14 @@ def _write_failure(manager, step, error):
 
 def restore_params(workdir):
   """The params of the latest checkpoint in `workdir`, as saved, without building a train state."""
+  return restore_variables(workdir)["params"]
+
+
+def restore_variables(workdir):
+  """The model's variables in the latest checkpoint in `workdir`, as model.apply takes them:
+  {"params": ..., **model_state} ("batch_stats" too for a model with BatchNorm; a checkpoint
+  written before the train state had a model state gives params alone). Raises
+  FileNotFoundError when there is no checkpoint."""
   manager = ocp.CheckpointManager(epath.Path(workdir) / "checkpoints",
                                   item_handlers=ocp.StandardCheckpointHandler())
   try:
@@ -200,7 +239,8 @@ def restore_params(workdir):
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           manager.item_metadata(step))
-    return manager.restore(step, args=ocp.args.StandardRestore(target))["params"]
+    restored = manager.restore(step, args=ocp.args.StandardRestore(target))
+    return {"params": restored["params"], **restored.get("model_state", {})}
   finally:
     manager.close()
 

@@ -53,6 +53,10 @@ class Dataset:
   num_classes: int
   num_train_examples: int  # over all hosts: every host must count the same steps per epoch
   num_test_examples: int   # over all hosts: the evaluation counts each exactly once
+  # Training examples held out for validation (`hold_out_validation`); empty when none.
+  x_validation: np.ndarray | None = None
+  y_validation: np.ndarray | None = None
+  num_validation_examples: int = 0  # over all hosts
 
 
 # ----------------------------------------------------------------------------------------------
@@ -322,7 +326,8 @@ def fit_gcn_zca(x_train, placement=None, filter_bias=0.1):
 PREPROCESSORS = {"mean_std": fit_mean_std, "gcn_zca": fit_gcn_zca}
 
 
-DATA_FIELDS = ("dataset", "data_dir", "npz_path", "synthetic", "preprocess")
+DATA_FIELDS = ("dataset", "data_dir", "npz_path", "synthetic", "preprocess",
+               "validation_examples")
 _loaded: dict = {}  # the last dataset loaded: the runs of a sweep load it once
 _loading = threading.Lock()
 
@@ -342,7 +347,65 @@ def load_dataset(config, placement: Placement | None = None) -> Dataset:
     return _loaded[key]
 
 
+# The validation examples are the same for every run (every seed and arm of a sweep: they are
+# compared on one validation set), whatever config.seed says.
+VALIDATION_SEED = 0
+
+
+def hold_out_validation(raw: Dataset, num_validation: int, placement: Placement) -> Dataset:
+  """`raw` (a whole dataset, as one host loads it) without `num_validation` training examples,
+  which become its validation split; then this host's shard of each split.
+
+  The held-out examples are a fixed choice (VALIDATION_SEED), stratified by class: each class
+  keeps its share of the training set, to within one example (scikit-learn's
+  `train_test_split(stratify=...)`). Chosen before any preprocessing statistics are fitted, so
+  normalisation and ZCA never see them. Raises ConfigError when there are too few training
+  examples for the split or too few for one example of each class on each side.
+  """
+  from sklearn.model_selection import train_test_split  # a well-kept stratified split
+  count = len(raw.x_train)
+  if not raw.num_classes <= num_validation <= count - raw.num_classes:
+    raise ConfigError(
+        f"--config.validation_examples={num_validation} must leave one training example of "
+        f"each of the {raw.num_classes} classes on either side: use {raw.num_classes}.."
+        f"{count - raw.num_classes} of the {count} training examples (0: no validation split)")
+  try:
+    train, validation = train_test_split(
+        np.arange(count), test_size=num_validation, stratify=raw.y_train,
+        random_state=VALIDATION_SEED)
+  except ValueError as e:  # a class with a single example cannot be split both ways
+    raise ConfigError(f"--config.validation_examples={num_validation}: no stratified split of "
+                      f"the training labels ({files.one_line(e, 200)}); use 0") from None
+  train, validation = np.sort(train), np.sort(validation)  # the training order stays the source's
+  held_out = _sharded(raw.x_train[train], raw.y_train[train], raw.x_test, raw.y_test,
+                      raw.num_classes, placement)
+  part = slice(*host_range(num_validation, placement))
+  return dataclasses.replace(
+      held_out, x_validation=raw.x_train[validation][part],
+      y_validation=raw.y_train[validation][part].astype(np.int32),
+      num_validation_examples=num_validation)
+
+
 def _load(config, placement):
+  num_validation = config.get("validation_examples", 0)
+  if num_validation:  # the held-out examples are chosen from the whole training split
+    whole = _load_source(config, Placement(placement.devices, 0, 1))
+    raw = hold_out_validation(whole, num_validation, placement)
+  else:
+    raw = _load_source(config, placement)
+  if config.preprocess not in PREPROCESSORS:
+    raise DataError(f"unknown preprocess {config.preprocess!r}; choose one of "
+                    f"{sorted(PREPROCESSORS)}")
+  normalize = PREPROCESSORS[config.preprocess](raw.x_train, placement)
+  validation = {}
+  if raw.num_validation_examples:
+    validation = {"x_validation": normalize(raw.x_validation)}
+  return dataclasses.replace(raw, x_train=normalize(raw.x_train), x_test=normalize(raw.x_test),
+                             **validation)
+
+
+def _load_source(config, placement):
+  """The raw (uint8) dataset that `config.dataset` names, this host's shard for `placement`."""
   name = config.dataset
   if name in TFDS_DATASETS:
     raw = load_tfds(name, config.data_dir, config.download, placement)
@@ -355,11 +418,7 @@ def _load(config, placement):
     raw = load_synthetic(tuple(s.image_shape), s.num_classes, s.num_train, s.num_test, placement)
   else:
     raise DataError(f"unknown dataset {name!r}; choose one of {SOURCES}")
-  if config.preprocess not in PREPROCESSORS:
-    raise DataError(f"unknown preprocess {config.preprocess!r}; choose one of "
-                    f"{sorted(PREPROCESSORS)}")
-  normalize = PREPROCESSORS[config.preprocess](raw.x_train, placement)
-  return dataclasses.replace(raw, x_train=normalize(raw.x_train), x_test=normalize(raw.x_test))
+  return raw
 
 
 # ----------------------------------------------------------------------------------------------

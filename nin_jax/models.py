@@ -13,6 +13,16 @@ dense layer(s); `fc_dropout` applies dropout 0.5 before each dense layer.
 
 Architectures are data (`BlockSpec` tuples in `PRESETS`), so a config picks one by name and the
 ablations change a field, not the code. Parameter counts: see README.md and tests/models_test.py.
+
+Normalisation (`norm`): "none" is the paper. "batch" puts BatchNorm between every convolution and
+its ReLU -- the k x k conv, each 1 x 1 cccp layer and the class-map layer too -- and between each
+hidden dense layer of the FC heads and its ReLU; not after the FC classifier (its outputs are the
+logits). This is the layout of the Torch NIN+BN reproduction in NIN_REFERENCE.md (92% against 88%
+without BN: szagoruyko/cifar.torch, models/nin.lua, whose `Block` is conv -> BN -> ReLU for every
+layer, `Block(192, 10, 1, 1)` before the 8 x 8 average included). Its BN epsilon is 1e-3; here
+1e-5, Torch's and PyTorch's default. A layer followed by BN has no bias (use_bias=False): BN
+subtracts the batch mean, so a bias would be cancelled, and BN's own offset (`bias`, beta) takes
+its role. BatchNorm's running averages are the variables collection "batch_stats".
 """
 import dataclasses
 import functools
@@ -27,6 +37,7 @@ from jax import lax
 from nin_jax.errors import ConfigError
 
 HEADS = ("gap", "fc", "fc_dropout")
+NORMS = ("none", "batch")  # the paper | BatchNorm before each ReLU (see the module docstring)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,12 +151,29 @@ def pool(x, kind: str):
   return nn.avg_pool(x, (3, 3), (2, 2), padding, count_include_pad=False)
 
 
+def normalise(x, norm: str, *, train: bool, axis_name: str | None, dtype, name: str):
+  """`x` [..., channels] as `norm` says: itself for "none"; for "batch", nn.BatchNorm over all
+  axes but the last, named `name`, with the batch's statistics when `train` (averaged over the
+  devices of `axis_name`) and the running averages (momentum 0.9, "batch_stats") otherwise.
+
+  The axis is used only when `train`: model.init, evaluation and class maps use the running
+  averages and may run outside the device map, where no `axis_name` axis exists.
+  """
+  if norm == "none":
+    return x
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                      axis_name=axis_name if train else None, dtype=dtype, name=name)(x)
+
+
 class MLPConv(nn.Module):
   """A k x k convolution, then len(widths) - 1 1 x 1 convolutions; ReLU after each.
 
   `relu_on_last=False` leaves the last layer linear (one of the fixes for the dead class maps
   in NIN_REFERENCE.md, "The failure everybody hits"); the paper keeps the ReLU.
   `last_name` names the last layer, so that optimizers can address it (per-layer learning rates).
+  `norm="batch"`: BatchNorm after each layer, before its ReLU, named `<layer>_bn`; the layers then
+  have no bias (see the module docstring). `axis_name`: the device axis whose examples BatchNorm's
+  training statistics span (None: this device's batch alone).
   """
   widths: Sequence[int]
   kernel: int
@@ -155,21 +183,28 @@ class MLPConv(nn.Module):
   last_name: str | None = None
   kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.05)
   dtype: jnp.dtype = jnp.float32  # compute dtype; parameters stay float32
+  norm: str = "none"
+  axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, *, train: bool = False):
+    """x: [N, H, W, C] -> [N, H', W', widths[-1]]; `train` picks BatchNorm's statistics."""
+    use_bias = self.norm == "none"
     for i, width in enumerate(self.widths):
       is_last = i == len(self.widths) - 1
       name = self.last_name if is_last and self.last_name else ("conv" if i == 0 else f"cccp{i}")
       if i == 0:
         x = nn.Conv(width, (self.kernel,) * 2, (self.stride,) * 2,
-                    padding=[(self.padding,) * 2] * 2, kernel_init=self.kernel_init,
-                    dtype=self.dtype, name=name)(x)
+                    padding=[(self.padding,) * 2] * 2, use_bias=use_bias,
+                    kernel_init=self.kernel_init, dtype=self.dtype, name=name)(x)
       else:
         # A 1 x 1 convolution is a dense layer over the channel axis at every position. Written as
         # one (positions x channels) @ (channels x width) matmul it runs ~2x faster on CPU than
         # XLA's convolution path (benchmark in README.md); the function is the same.
-        x = nn.Dense(width, kernel_init=self.kernel_init, dtype=self.dtype, name=name)(x)
+        x = nn.Dense(width, use_bias=use_bias, kernel_init=self.kernel_init, dtype=self.dtype,
+                     name=name)(x)
+      x = normalise(x, self.norm, train=train, axis_name=self.axis_name, dtype=self.dtype,
+                    name=f"{name}_bn")
       if self.relu_on_last or not is_last:
         x = nn.relu(x)
     return x
@@ -186,6 +221,11 @@ class NIN(nn.Module):
   # Mixed precision for TPU and GPU: bfloat16 compute, float32 parameters (master weights) and
   # float32 logits for the loss.
   dtype: str = "float32"
+  norm: str = "none"                  # NORMS; "batch": BatchNorm before each ReLU
+  # The device axis over which BatchNorm averages its training statistics: the pmap axis
+  # (placement.AXIS) for a model trained in the mapped step; None for a model applied with
+  # train=True outside any device map. Ignored when train=False and with norm="none".
+  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -202,7 +242,8 @@ class NIN(nn.Module):
       x = MLPConv(widths, block.kernel, block.stride, block.padding,
                   relu_on_last=self.relu_on_class_maps or not (is_last and self.head == "gap"),
                   last_name="classifier" if is_last and self.head == "gap" else None,
-                  kernel_init=init, dtype=jnp.dtype(self.dtype), name=f"mlpconv{index + 1}")(x)
+                  kernel_init=init, dtype=jnp.dtype(self.dtype), norm=self.norm,
+                  axis_name=self.axis_name, name=f"mlpconv{index + 1}")(x, train=train)
       if block.pool:
         x = pool(x, block.pool)
       if block.dropout:
@@ -216,9 +257,11 @@ class NIN(nn.Module):
       if self.head == "fc_dropout":
         x = nn.Dropout(0.5, deterministic=not train)(x)
       is_last = i == len(self.fc_hidden)
-      x = nn.Dense(width, kernel_init=init, dtype=jnp.dtype(self.dtype),
-                   name="classifier" if is_last else f"fc{i + 1}")(x)
+      x = nn.Dense(width, use_bias=is_last or self.norm == "none", kernel_init=init,
+                   dtype=jnp.dtype(self.dtype), name="classifier" if is_last else f"fc{i + 1}")(x)
       if not is_last:
+        x = normalise(x, self.norm, train=train, axis_name=self.axis_name,
+                      dtype=jnp.dtype(self.dtype), name=f"fc{i + 1}_bn")
         x = nn.relu(x)
     return x.astype(jnp.float32)
 
@@ -231,6 +274,8 @@ def create_model(preset: str, num_classes: int, head: str = "gap", num_1x1: int 
     raise ConfigError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
   if head not in HEADS:
     raise ConfigError(f"unknown head {head!r}; choose one of {HEADS}")
+  if kwargs.get("norm", "none") not in NORMS:
+    raise ConfigError(f"unknown norm {kwargs['norm']!r}; choose one of {NORMS}")
   blocks = PRESETS[preset]
   if num_1x1 is not None:
     blocks = with_num_1x1(blocks, num_1x1)

@@ -9,7 +9,12 @@ Statistics. Seed n gives every arm the same data order and augmentation, so two 
 on the seeds both finished: the mean paired difference in test error, a 95% bootstrap interval
 for it, and a paired t-test; Welch's t-test (unpaired) is shown beside it. p-values are adjusted
 for the number of pairs (Holm). A difference counts as a finding only when the adjusted paired
-p-value is below 0.05; otherwise the report says the seeds do not establish it.
+p-value is below 0.05; otherwise the report says the seeds do not establish it, and how many
+seeds would (`seeds_to_settle`: 80% power for the observed effect at 0.05 / pairs).
+
+Splits. Runs that held training examples out (`config.validation_examples`) are compared on the
+validation split as well as the test split; each verdict names the split it rests on. A sweep
+should pick settings on validation error and quote test error.
 """
 import csv
 import io
@@ -22,7 +27,7 @@ import numpy as np
 from etils import epath
 from scipy import stats
 
-from nin_jax import files, metrics
+from nin_jax import files, metrics, provenance
 from nin_jax.errors import ConfigError, NinError
 
 ALPHA = 0.05
@@ -150,6 +155,51 @@ def holm_adjust(p_values):
   return adjusted.tolist()
 
 
+POWER = 0.8
+MAX_SEEDS = 10_000
+
+
+def paired_power(effect_size, num_seeds, alpha):
+  """Power of the two-sided paired t-test at level `alpha` with `num_seeds` pairs when the true
+  mean difference is `effect_size` standard deviations of the differences (Cohen's d_z): the
+  chance that |t| exceeds the critical value, with t noncentral (df = n - 1, noncentrality
+  d_z * sqrt(n)), from `scipy.stats.nct`."""
+  df = num_seeds - 1
+  critical = stats.t.ppf(1 - alpha / 2, df)
+  noncentrality = effect_size * math.sqrt(num_seeds)
+  return float(stats.nct.sf(critical, df, noncentrality) + stats.nct.cdf(-critical, df,
+                                                                       noncentrality))
+
+
+def seeds_to_settle(differences, alpha, power=POWER, max_seeds=MAX_SEEDS):
+  """Seeds the paired t-test needs to establish a difference like the one observed: the smallest
+  n >= 2 whose `paired_power` reaches `power` at level `alpha`, for the effect size
+  |mean| / sample std of `differences` (1-D, >= 2 paired differences, one per seed).
+
+  Returns an int, None when the observed mean difference is 0 (no number of seeds would settle
+  it), or `max_seeds + 1` when even `max_seeds` would not. Differences without spread (every seed
+  the same) are what `paired_t_test` decides by the sign test (p = 2 * 0.5^n): then the answer
+  is the smallest n with 2 * 0.5^n < alpha. The effect size is the observed one, so with few
+  seeds this is an estimate as uncertain as the difference itself (a planning figure, not a
+  promise).
+  """
+  d = _sample(differences, "differences")
+  mean = float(np.mean(d))
+  if round(mean, _DECIMALS) == 0:
+    return None
+  if np.ptp(np.round(d, _DECIMALS)) == 0:
+    return max(2, math.floor(math.log2(2 / alpha)) + 1)
+  effect = abs(mean) / float(np.std(d, ddof=1))
+  if paired_power(effect, max_seeds, alpha) < power:
+    return max_seeds + 1
+  low, high = 2, max_seeds  # power grows with n: the smallest n that reaches it, by bisection
+  while low < high:
+    middle = (low + high) // 2
+    low, high = (middle + 1, high) if paired_power(effect, middle, alpha) < power else (low,
+                                                                                      middle)
+  return low
+
+
 # ----------------------------------------------------------------------------------------------
 # Reading a sweep
 # ----------------------------------------------------------------------------------------------
@@ -177,20 +227,27 @@ def load_sweep(workdir):
   return sweep
 
 
+SPLITS = ("test", "validation")
+
+
+def _errors(runs, split):
+  """{seed: error % on `split`} of the finished runs that have it (validation: runs that held
+  examples out)."""
+  key = f"{split}_error_percent"
+  return {seed: run[key] for seed, run in runs.items() if run.get(key) is not None}
+
+
 def summarize(sweep):
-  """Per-arm figures and pairwise comparisons, as plain data."""
+  """Per-arm figures and, per split (test; validation where the runs held one out), pairwise
+  comparisons with their verdicts and the seeds that would settle the open ones, as plain data.
+  """
   arms = []
   for arm in sweep["arms"]:
     runs = sweep["runs"][arm]
-    errors = [runs[s]["test_error_percent"] for s in sorted(runs)]
     first = runs[min(runs)] if runs else {}
-    arms.append({
-        "arm": arm, "seeds_finished": sorted(runs), "seeds_planned": sweep["num_seeds"],
-        "test_errors": errors,
-        "test_error_mean": float(np.mean(errors)) if errors else None,
-        "test_error_std": float(np.std(errors, ddof=1)) if len(errors) > 1 else None,
-        "test_error_best": min(errors) if errors else None,
-        "test_error_worst": max(errors) if errors else None,
+    row = {
+        "arm": arm, "overrides": sweep.get("overrides", {}).get(arm, {}),
+        "seeds_finished": sorted(runs), "seeds_planned": sweep["num_seeds"],
         "num_params": first.get("num_params"),
         "flops_per_image": first.get("flops_per_image"),
         "train_images_per_s": (float(np.mean([r["train_images_per_s"] for r in runs.values()]))
@@ -199,30 +256,49 @@ def summarize(sweep):
                         if runs else None),
         "paper_test_error": sweep["paper_test_error"].get(arm),
         "platform": first.get("platform"), "devices": first.get("devices"),
-    })
+    }
+    for split in SPLITS:
+      errors = list(_errors(runs, split).values())
+      row.update({
+          f"{split}_errors": errors,
+          f"{split}_error_mean": float(np.mean(errors)) if errors else None,
+          f"{split}_error_std": float(np.std(errors, ddof=1)) if len(errors) > 1 else None,
+          f"{split}_error_best": min(errors) if errors else None,
+          f"{split}_error_worst": max(errors) if errors else None})
+    arms.append(row)
 
+  splits = [split for split in SPLITS if any(a[f"{split}_errors"] for a in arms)] or ["test"]
   comparisons = []
-  for a, b in itertools.combinations(sweep["arms"], 2):
-    seeds = sorted(set(sweep["runs"][a]) & set(sweep["runs"][b]))
-    err_a = [sweep["runs"][a][s]["test_error_percent"] for s in seeds]
-    err_b = [sweep["runs"][b][s]["test_error_percent"] for s in seeds]
-    row = {"a": a, "b": b, "seeds": seeds, "mean_difference": None, "interval": None,
-           "paired_p": None, "welch_p": None}
-    if len(seeds) >= 2:
-      diffs = np.subtract(err_a, err_b)
-      row.update(mean_difference=float(diffs.mean()), interval=bootstrap_interval(diffs),
-                 paired_p=float(paired_t_test(err_a, err_b)[2]),
-                 welch_p=float(welch_t_test(err_a, err_b)[2]))
-    elif len(seeds) == 1:
-      row["mean_difference"] = err_a[0] - err_b[0]
-    comparisons.append(row)
-
-  tested = [c for c in comparisons if c["paired_p"] is not None]
-  for row, adjusted in zip(tested, holm_adjust([c["paired_p"] for c in tested])):
-    row["paired_p_holm"] = adjusted
-  for row in comparisons:
-    row["verdict"] = _verdict(row)
-  return {"field": sweep["field"], "dataset": sweep.get("dataset"), "arms": arms,
+  for split in splits:
+    rows = []
+    for a, b in itertools.combinations(sweep["arms"], 2):
+      errors_a, errors_b = _errors(sweep["runs"][a], split), _errors(sweep["runs"][b], split)
+      seeds = sorted(set(errors_a) & set(errors_b))
+      err_a, err_b = [errors_a[s] for s in seeds], [errors_b[s] for s in seeds]
+      row = {"split": split, "a": a, "b": b, "seeds": seeds, "mean_difference": None,
+             "interval": None, "paired_p": None, "welch_p": None, "seeds_to_settle": None}
+      if len(seeds) >= 2:
+        diffs = np.subtract(err_a, err_b)
+        row.update(mean_difference=float(diffs.mean()), interval=bootstrap_interval(diffs),
+                   paired_p=float(paired_t_test(err_a, err_b)[2]),
+                   welch_p=float(welch_t_test(err_a, err_b)[2]))
+      elif len(seeds) == 1:
+        row["mean_difference"] = err_a[0] - err_b[0]
+      rows.append(row)
+    tested = [c for c in rows if c["paired_p"] is not None]
+    for row, adjusted in zip(tested, holm_adjust([c["paired_p"] for c in tested])):
+      row["paired_p_holm"] = adjusted
+    for row in rows:
+      row["verdict"] = _verdict(row)
+      if row.get("paired_p_holm") is not None and row["paired_p_holm"] >= ALPHA:
+        # alpha / m: the level Holm asks of the smallest of m p-values, so the count suffices
+        # whatever the other pairs show
+        diffs = np.subtract([_errors(sweep["runs"][row["a"]], split)[s] for s in row["seeds"]],
+                            [_errors(sweep["runs"][row["b"]], split)[s] for s in row["seeds"]])
+        row["seeds_to_settle"] = seeds_to_settle(diffs, ALPHA / len(tested))
+    comparisons += rows
+  return {"field": sweep["field"], "swept": sweep.get("swept", [sweep["field"]]),
+          "dataset": sweep.get("dataset"), "splits": splits, "arms": arms,
           "comparisons": comparisons}
 
 
@@ -232,9 +308,9 @@ def _verdict(row):
     return f"too few seeds finished in both ({n}): cannot tell"
   if row["paired_p_holm"] < ALPHA:
     lower, higher = (row["a"], row["b"]) if row["mean_difference"] < 0 else (row["b"], row["a"])
-    return f"{lower} has lower error than {higher}"
-  return (f"not established with {n} seeds (adjusted p = {row['paired_p_holm']:.2f}); "
-          "more seeds would decide")
+    return f"{lower} has lower {row['split']} error than {higher}"
+  return (f"not established on the {row['split']} split with {n} seeds (adjusted p = "
+          f"{row['paired_p_holm']:.2f})")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,41 +321,75 @@ def _fmt(value, pattern="{:.2f}"):
   return "–" if value is None else pattern.format(value)
 
 
-def markdown(summary, sweep):
+def _settle(count):
+  if count is None:
+    return "– (no difference seen)"
+  return f"> {MAX_SEEDS:,}" if count > MAX_SEEDS else f"{count:,}"
+
+
+def markdown(summary, sweep, warnings_=()):
   arms = summary["arms"]
+  splits = summary["splits"]
   hardware = {(a["platform"], a["devices"]) for a in arms if a["platform"]}
-  lines = [
-      f"# Ablation of `{summary['field']}` on {summary['dataset']}", "",
+  title = " × ".join(f"`{field}`" for field in summary["swept"])
+  lines = [f"# Ablation of {title} on {summary['dataset']}", ""]
+  if warnings_:
+    lines += ["**Warnings: the runs compared here differ in more than their arms.**", ""]
+    lines += [f"- {w}" for w in warnings_] + [""]
+  lines += [
       f"Seeds per arm: {sweep['num_seeds']} (seed n gives every arm the same data order and "
       f"augmentation). Hardware: {', '.join(f'{p} x {d}' for p, d in sorted(hardware)) or '–'}. "
-      "Test error in %; mean ± sample std over the finished seeds.", "",
-      "| arm | seeds | test error | best | worst | params | MFLOPs/image | train images/s "
-      "| wall time/run (s) | paper |",
-      "|---|---|---|---|---|---|---|---|---|---|"]
+      "Errors in %; mean ± sample std over the finished seeds."
+      + (" Validation: training examples held out (stratified, the same for every run), "
+         "never trained on." if "validation" in splits else ""), "",
+      "| arm | sets | seeds | " + " | ".join(f"{s} error | best | worst" for s in splits)
+      + " | params | MFLOPs/image | train images/s | wall time/run (s) | paper |",
+      "|---|---|---|" + "---|---|---|" * len(splits) + "---|---|---|---|---|"]
   for a in arms:
-    error = (f"{a['test_error_mean']:.2f} ± {_fmt(a['test_error_std'])}"
-             if a["test_error_mean"] is not None else "–")
+    sets = ", ".join(f"{k}={v}" for k, v in a["overrides"].items()) or "–"
+    cells = []
+    for split in splits:
+      mean = a[f"{split}_error_mean"]
+      cells.append(f"{mean:.2f} ± {_fmt(a[f'{split}_error_std'])}" if mean is not None else "–")
+      cells += [_fmt(a[f"{split}_error_best"]), _fmt(a[f"{split}_error_worst"])]
     lines.append(
-        f"| {a['arm']} | {len(a['seeds_finished'])}/{a['seeds_planned']} | {error} "
-        f"| {_fmt(a['test_error_best'])} | {_fmt(a['test_error_worst'])} "
-        f"| {_fmt(a['num_params'], '{:,}')} "
+        f"| {a['arm']} | {sets} | {len(a['seeds_finished'])}/{a['seeds_planned']} "
+        f"| {' | '.join(cells)} | {_fmt(a['num_params'], '{:,}')} "
         f"| {_fmt(a['flops_per_image'] and a['flops_per_image'] / 1e6, '{:.1f}')} "
         f"| {_fmt(a['train_images_per_s'], '{:.0f}')} | {_fmt(a['wall_time_s'], '{:.1f}')} "
         f"| {_fmt(a['paper_test_error'])} |")
+  first = summary.get("provenance")
+  if first:
+    versions = ", ".join(f"{k} {v}" for k, v in first["versions"].items() if v)
+    commit = (first["git"]["commit"] or "unknown")[:12]
+    dirty = " (with uncommitted changes)" if first["git"]["dirty"] else ""
+    lines += ["", f"Code: commit {commit}{dirty}; {versions}; {first['platform']} "
+                  f"({first['device_kind']})" + ("" if warnings_ else "; the same for every run")
+              + ". Each run's resolved config: its summary.json."]
   lines += [
       "", "## Differences between arms", "",
       "Difference = error(a) − error(b) in percentage points over the seeds both finished; "
-      "95% bootstrap interval of the mean; paired t-test p, Holm-adjusted over the pairs; "
-      "Welch's t-test p for reference (an exact permutation test's when neither arm varies).",
-      "",
-      "| a − b | seeds | difference | 95% interval | paired p (Holm) | Welch p | verdict |",
-      "|---|---|---|---|---|---|---|"]
+      "95% bootstrap interval of the mean; paired t-test p, Holm-adjusted over the pairs of the "
+      "same split; Welch's t-test p for reference (an exact permutation test's when neither arm "
+      f"varies). A verdict rests on the split named in its row; a difference is established "
+      f"when the adjusted paired p is below {ALPHA}.", "",
+      f"Seeds to settle (open pairs only): the seeds per arm with which a paired t-test would "
+      f"establish the observed mean difference with {POWER:.0%} power, given the observed "
+      f"spread of the paired differences (effect size d = |mean| / std), at level {ALPHA} / "
+      "(pairs of that split) -- the strictest level Holm's adjustment applies, so the count "
+      "holds whatever the other pairs show. It is an estimate from the seeds run so far.", "",
+      "| split | a − b | seeds | difference | 95% interval | paired p (Holm) | Welch p "
+      "| verdict | seeds to settle |",
+      "|---|---|---|---|---|---|---|---|---|"]
   for c in summary["comparisons"]:
     interval = f"[{c['interval'][0]:+.2f}, {c['interval'][1]:+.2f}]" if c["interval"] else "–"
+    settle = (_settle(c["seeds_to_settle"]) if c.get("paired_p_holm") is not None
+              and c["paired_p_holm"] >= ALPHA else "")
     lines.append(
-        f"| {c['a']} − {c['b']} | {len(c['seeds'])} | {_fmt(c['mean_difference'], '{:+.2f}')} "
+        f"| {c['split']} | {c['a']} − {c['b']} | {len(c['seeds'])} "
+        f"| {_fmt(c['mean_difference'], '{:+.2f}')} "
         f"| {interval} | {_fmt(c.get('paired_p_holm'), '{:.3f}')} "
-        f"| {_fmt(c['welch_p'], '{:.3f}')} | {c['verdict']} |")
+        f"| {_fmt(c['welch_p'], '{:.3f}')} | {c['verdict']} | {settle} |")
   lines += ["", "![test error against epoch](test_error_vs_epoch.png)", "",
             "![test error per arm](test_error_bars.png)", ""]
   return "\n".join(lines)
@@ -323,7 +433,8 @@ def plot(summary, sweep, workdir):
     if a["paper_test_error"] is not None:
       axes.scatter([x], [a["paper_test_error"]], marker="*", s=120, color="#e6550d", zorder=4,
                    label="paper" if x == 0 else None)
-  axes.set_xticks(positions, [a["arm"] for a in arms])
+  axes.set_xticks(positions, [a["arm"] for a in arms], rotation=30 if len(arms) > 4 else 0,
+                  ha="right" if len(arms) > 4 else "center")
   axes.set(ylabel="test error (%)", title=f"{summary['field']} on {summary['dataset']}")
   axes.legend()
   figure.tight_layout()
@@ -336,17 +447,26 @@ def write_report(workdir):
   workdir = epath.Path(files.resolve(workdir))
   sweep = load_sweep(workdir)
   summary = summarize(sweep)
+  # Runs compared must differ in their arms only: not in their code, versions or hardware.
+  summary["provenance_warnings"] = provenance.mismatches({
+      f"{arm}/seed_{seed}": run.get("provenance")
+      for arm in sweep["arms"] for seed, run in sorted(sweep["runs"][arm].items())})
+  summary["provenance"] = next((run["provenance"] for arm in sweep["arms"]
+                                for run in sweep["runs"][arm].values() if run.get("provenance")),
+                               None)
   files.write_json(workdir / "report.json", summary)
   table = io.StringIO()
   columns = ["arm", "seeds_finished", "test_error_mean", "test_error_std", "test_error_best",
-             "test_error_worst", "num_params", "flops_per_image", "train_images_per_s",
-             "wall_time_s", "paper_test_error"]
+             "test_error_worst", "validation_error_mean", "validation_error_std",
+             "validation_error_best", "validation_error_worst", "num_params", "flops_per_image",
+             "train_images_per_s", "wall_time_s", "paper_test_error"]
   writer = csv.DictWriter(table, columns, extrasaction="ignore")
   writer.writeheader()
   for arm in summary["arms"]:
     writer.writerow({**arm, "seeds_finished": len(arm["seeds_finished"])})
   files.write_text(workdir / "report.csv", table.getvalue())
-  files.write_text(workdir / "report.md", markdown(summary, sweep))
+  files.write_text(workdir / "report.md", markdown(summary, sweep,
+                                                   summary["provenance_warnings"]))
   plot(summary, sweep, workdir)
   return workdir / "report.md"
 

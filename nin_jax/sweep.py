@@ -19,6 +19,7 @@ workdir (gs://) the report covers every run; with per-host folders, copy them to
 `python -m nin_jax.report DIR`. `--arm` still picks arms by hand.
 """
 import dataclasses
+import difflib
 import logging
 import queue
 import threading
@@ -30,7 +31,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from nin_jax import checkpointing, files, report, train, validation
+from nin_jax import checkpointing, files, metrics, report, train, validation
 from nin_jax import workdir as run_workdir
 from nin_jax.errors import ConfigError, NinError
 from nin_jax.placement import Placement
@@ -47,6 +48,12 @@ class Run:
   arm: str
   seed: int
   config: ml_collections.ConfigDict
+  overrides: dict = dataclasses.field(default_factory=dict)  # what the arm sets
+
+  @property
+  def hparams(self) -> dict:
+    """What TensorBoard's HParams dashboard shows of this run."""
+    return {"arm": self.arm, "seed": self.seed, **self.overrides}
 
   @property
   def subdir(self):
@@ -58,33 +65,94 @@ def arm_name(field: str, value) -> str:
   return value if isinstance(value, str) else f"{field.split('.')[-1]}_{value}"
 
 
-def arms(config) -> dict[str, object]:
-  """{arm name: the value the ablated field takes in it}, in the config's order."""
+def arm_set(field: str, values) -> dict[str, dict]:
+  """One axis of a sweep: {arm name: {field: value}} for each of `values` (`arm_name` names
+  them). For arms that set several fields, write the dict yourself: {"fc": {"model.head": "fc",
+  "optimizer.classifier_lr_multiplier": 1.0}}."""
+  return {arm_name(field, value): {field: value} for value in values}
+
+
+def grid(*axes: dict) -> dict[str, dict]:
+  """The product of several axes ({arm name: {dotted field: value}} each, e.g. from `arm_set`):
+  one arm per combination, named by its parts joined with '-' ('fc-num_1x1_0'), setting the
+  fields of all its parts. Raises ConfigError when two axes set the same field."""
+  arms_so_far = {"": {}}
+  for axis in axes:
+    combined = {}
+    for name, overrides in arms_so_far.items():
+      for part, more in axis.items():
+        clash = sorted(set(overrides) & set(more))
+        if clash:
+          raise ConfigError(f"grid axes both set {clash}; each field belongs to one axis")
+        combined[f"{name}-{part}" if name else part] = {**overrides, **more}
+    arms_so_far = combined
+  return arms_so_far
+
+
+def arms(config) -> dict[str, dict]:
+  """{arm name: {dotted field: value it sets}}, in the config's order.
+
+  Two forms of `config.ablation`: `arms`, ((name, ((dotted field, value), ...)), ...) as
+  `default.ablation` writes it from arm sets and grids, or the shorthand `field` + `arm_values`
+  (one field, one value an arm: every sweep written before arms could set several fields)."""
   ablation = config.ablation
-  return {arm_name(ablation.field, value): value for value in ablation.arm_values}
+  if ablation.get("arms"):
+    return {name: dict(overrides) for name, overrides in ablation.arms}
+  return arm_set(ablation.field, ablation.arm_values)
+
+
+def swept_fields(all_arms: dict[str, dict]) -> list[str]:
+  """The dotted fields that some arm sets, in first-seen order."""
+  return list(dict.fromkeys(key for overrides in all_arms.values() for key in overrides))
+
+
+def apply(config, overrides: dict):
+  """`config` with `overrides` ({dotted field: value}) set, in place. Raises ConfigError (one
+  line) for a field the config lacks or a value of the wrong type."""
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = config
+    try:
+      for parent in parents:
+        node = node[parent]
+      if leaf not in node:
+        raise KeyError(leaf)
+      node[leaf] = value
+    except (KeyError, AttributeError, TypeError) as e:
+      close = difflib.get_close_matches(key, run_workdir.flatten(config.to_dict()), n=1)
+      why = ("names no config field" if not isinstance(e, TypeError)
+             else f"cannot take {value!r}: {files.one_line(e, 150)}")
+      raise ConfigError(f"{key} {why}" + (f" (did you mean {close[0]}?)" if close else ""))
+  return config
 
 
 def expand(config, only_arms=None) -> list[Run]:
-  """The runs of a sweep: each arm (or those in `only_arms`) with seeds 0 .. num_seeds - 1."""
+  """The runs of a sweep: each arm (or those in `only_arms`) with seeds 0 .. num_seeds - 1.
+  Raises ConfigError (one line) for an unknown arm, or an arm that sets a field the config
+  lacks, with a value of the wrong type, or the seed (seeds are the sweep's)."""
   all_arms = arms(config)
   unknown = set(only_arms or ()) - set(all_arms)
   if unknown:
     raise ConfigError(f"unknown arm(s) {sorted(unknown)}; this sweep has {list(all_arms)}")
   runs = []
-  for name, value in all_arms.items():
+  for name, overrides in all_arms.items():
+    reserved = sorted({"seed", "ablation"} & {key.split(".")[0] for key in overrides})
+    if reserved:
+      raise ConfigError(f"arm {name!r} sets {reserved}: a sweep sets the seed itself "
+                        "(--config.ablation.num_seeds); remove it from the arm")
+    base = config.copy_and_resolve_references()
+    with base.unlocked():
+      del base["ablation"]
+    try:
+      apply(base, overrides)
+    except ConfigError as e:
+      raise ConfigError(f"arm {name!r} of the ablation: {e}") from None
     if only_arms and name not in only_arms:
       continue
     for seed in range(config.ablation.num_seeds):
-      run_config = config.copy_and_resolve_references()
-      with run_config.unlocked():
-        del run_config["ablation"]
-        *parents, leaf = config.ablation.field.split(".")
-        node = run_config
-        for parent in parents:
-          node = node[parent]
-        node[leaf] = value
-        run_config.seed = seed
-      runs.append(Run(name, seed, run_config))
+      run_config = base.copy_and_resolve_references()
+      run_config.seed = seed
+      runs.append(Run(name, seed, run_config, overrides))
   return runs
 
 
@@ -160,11 +228,18 @@ def run_sweep(config, workdir, only_arms=None, overwrite=False):
       if not overwrite:  # a finished run of another config must not pass as this sweep's
         run_workdir.check_or_clear(workdir / run.subdir, run.config, overwrite=False)
     workdir.mkdir(parents=True, exist_ok=True)  # every host: per-host folders each need theirs
+    all_arms = arms(config)
     files.write_json(workdir / "sweep.json", {
-        "field": config.ablation.field, "arms": list(arms(config)),
-        "num_seeds": config.ablation.num_seeds,
-        "paper_test_error": dict(config.ablation.paper_test_error),
+        "field": " × ".join(swept_fields(all_arms)), "swept": swept_fields(all_arms),
+        "arms": list(all_arms), "overrides": all_arms, "num_seeds": config.ablation.num_seeds,
+        "paper_test_error": dict(config.ablation.get("paper_test_error", {})),
         "dataset": config.dataset})
+    if jax.process_index() == 0:  # TensorBoard's HParams dashboard: arms x seeds side by side
+      fields = swept_fields(all_arms)
+      metrics.write_hparams_config(workdir, {
+          "arm": list(all_arms), "seed": list(range(config.ablation.num_seeds)),
+          **{field: list(dict.fromkeys(o[field] for o in all_arms.values() if field in o))
+             for field in fields}}, [metrics.VALIDATION_ERROR_TAG, metrics.TEST_ERROR_TAG])
     seen = np.array([0 if overwrite else progress(workdir / run.subdir) for run in runs], np.int64)
   except Exception as e:  # noqa: BLE001 -- raised below, once every host knows
     error = e
@@ -237,7 +312,8 @@ def train_placed(runs, workdir, devices_per_run, runs_at_once, overwrite=False):
       try:
         summary = train.train_and_evaluate(run.config, workdir / run.subdir, overwrite=overwrite,
                                            placement=placement, stop=stop,
-                                           progress_bar=len(threads) == 1)
+                                           progress_bar=len(threads) == 1,
+                                           hparams=run.hparams)
       except BaseException as e:  # noqa: BLE001 -- raised in the main thread below
         logging.error("Run %s failed: %s: %s", run.subdir, type(e).__name__,
                       files.one_line(e, 300))

@@ -28,7 +28,7 @@ import optax
 from etils import epath
 from jax import lax
 
-from nin_jax import checkpointing, data, files, metrics, models, validation
+from nin_jax import checkpointing, data, files, metrics, models, provenance, validation
 from nin_jax import workdir as run_workdir
 from nin_jax.errors import ConfigError, NonFiniteLossError, TrainingStuckError
 from nin_jax.placement import AXIS, Placement
@@ -36,18 +36,48 @@ from nin_jax.placement import AXIS, Placement
 
 @flax.struct.dataclass
 class TrainState:
+  """What a run carries from step to step; its checkpoints hold all of it.
+
+  The model's variables are `params` (what the optimizer trains) and `model_state`, its other
+  variable collections, which the forward pass updates: {} for model.norm="none",
+  {"batch_stats": BatchNorm's running means and variances} for "batch". A new such collection
+  needs no new field. `variables(state)` is what model.apply takes.
+  """
   step: jax.Array
   params: flax.core.FrozenDict
   opt_state: optax.OptState
   rng: jax.Array  # base key; a step's randomness is derived from (rng, step), so resume is exact
+  model_state: dict = flax.struct.field(default_factory=dict)
 
 
-def create_model(config, num_classes):
-  """The network of `config.model` (also used to rebuild a trained run's model from disk)."""
+def variables(state: TrainState) -> dict:
+  """The model's variables in `state`, {"params": ..., **state.model_state}, for model.apply."""
+  return {"params": state.params, **state.model_state}
+
+
+def create_train_state(model_variables: dict, tx: optax.GradientTransformation,
+                       rng: jax.Array) -> TrainState:
+  """The state at step 0: `model_variables` as model.init returns them ("params" and any other
+  collections, which become `model_state`), `tx`'s initial state, and the base key `rng`."""
+  params = model_variables["params"]
+  model_state = {k: v for k, v in model_variables.items() if k != "params"}
+  return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=rng,
+                    model_state=model_state)
+
+
+def create_model(config, num_classes, *, axis_name: str | None = AXIS):
+  """The network of `config.model` (also used to rebuild a trained run's model from disk).
+
+  `axis_name`: the device axis over which BatchNorm (model.norm="batch") averages its statistics
+  when applied with train=True, which only the mapped train step does; the default is that
+  step's pmap axis. Init, evaluation and class maps use the running averages, with no axis.
+  """
   m = config.model
+  # .get: a config.json saved before model.norm existed is a run without normalisation
   return models.create_model(m.preset, num_classes, m.head, num_1x1=m.num_1x1, dropout=m.dropout,
                              fc_hidden=tuple(m.fc_hidden), relu_on_class_maps=m.relu_on_class_maps,
-                             init_stddev=m.init_stddev, dtype=m.dtype)
+                             init_stddev=m.init_stddev, dtype=m.dtype, norm=m.get("norm", "none"),
+                             axis_name=axis_name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,10 +118,13 @@ def create_learning_rate_fn(opt: ml_collections.ConfigDict, steps_per_epoch: int
 
 def learning_rate_multipliers(params, *, bias: float, classifier: float):
   """Per-parameter learning-rate factors, as in the authors' files: biases at 2x, and the
-  class-map layer at 0.1x (its ReLU dies at the full rate: NIN_REFERENCE.md). They multiply."""
+  class-map layer at 0.1x (its ReLU dies at the full rate: NIN_REFERENCE.md). They multiply.
+  With model.norm="batch" the layers have no bias and BatchNorm's offset (`bias`) takes its
+  place, and its rate; the class-map layer's BatchNorm (`classifier_bn`) is part of that layer."""
   def factor(path, _):
     names = [getattr(p, "key", "") for p in path]
-    return (bias if names[-1] == "bias" else 1.0) * (classifier if "classifier" in names else 1.0)
+    in_classifier = "classifier" in names or "classifier_bn" in names
+    return (bias if names[-1] == "bias" else 1.0) * (classifier if in_classifier else 1.0)
   return jax.tree_util.tree_map_with_path(factor, params)
 
 
@@ -125,7 +158,13 @@ def train_step(state, dataset, batch, *, model, tx, learning_rate_fn, augment_co
   """One SGD step on the examples `batch["index"]` of `dataset` (the device-resident
   {"image": float32 NHWC, "label": int32}); returns (state, metrics). The indices are int32
   [per_device], or the whole epoch's [steps_per_epoch, per_device] (data.epoch_indices), of which
-  the step takes row `state.step % steps_per_epoch`."""
+  the step takes row `state.step % steps_per_epoch`.
+
+  Across devices: the gradients and metrics are averaged (pmean). With model.norm="batch",
+  BatchNorm averages its batch statistics over the devices too (the model's axis_name is AXIS),
+  so the step normalises as one big batch would, and the new running averages in
+  `state.model_state` come out the same on every device (no pmean of them is needed).
+  """
   step_rng = jax.random.fold_in(state.rng, state.step)
   augment_rng, dropout_rng = jax.random.split(step_rng)
   device = lax.axis_index(AXIS)
@@ -140,9 +179,12 @@ def train_step(state, dataset, batch, *, model, tx, learning_rate_fn, augment_co
   # Dropout masks differ per device and per step.
   dropout_rng = jax.random.fold_in(dropout_rng, device)
 
+  mutable = list(state.model_state)  # the collections the forward pass updates: batch_stats
+
   def loss_fn(params, images, labels, rng):
-    logits = model.apply({"params": params}, images, train=True, rngs={"dropout": rng})
-    return cross_entropy(logits, labels).mean(), logits
+    logits, model_state = model.apply({"params": params, **state.model_state}, images, train=True,
+                                      rngs={"dropout": rng}, mutable=mutable)
+    return cross_entropy(logits, labels).mean(), (logits, model_state)
 
   # Micro-batches: the gradient of the batch mean is the mean of the micro-batches' gradients, so
   # the update is the same (up to float summation order); only the dropout masks are drawn per
@@ -150,20 +192,26 @@ def train_step(state, dataset, batch, *, model, tx, learning_rate_fn, augment_co
   # streaming 100 MB tensors through memory, and two micro-batches' ops run side by side on two
   # cores (README.md, "Speed"). A Python loop, unrolled into the compiled step: XLA on CPU ran a
   # lax.scan over micro-batches at 16 s per CIFAR step, against 1.4 s unrolled.
+  # With BatchNorm a micro-batch is normalised with its own statistics (over the devices' same
+  # micro-batch), so micro-batches then change the update, as a smaller batch would. Each
+  # micro-batch updates the running averages from the step's starting state, and the new state
+  # is their mean: one momentum update per step, whatever the micro-batch size.
   size = microbatch_size or per_device
   count = per_device // size
   if count * size != per_device:  # validation.py says this for configs; here, for direct callers
     raise ValueError(f"microbatch_size {size} does not divide the per-device batch {per_device}")
-  grads, losses, logits = None, [], []
+  grads, losses, logits, model_states = None, [], [], []
   for i in range(count):
     part = slice(i * size, (i + 1) * size)
-    (loss, part_logits), part_grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    (loss, (part_logits, part_state)), part_grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, images[part], labels[part],
         jax.random.fold_in(dropout_rng, i) if count > 1 else dropout_rng)
     grads = part_grads if grads is None else jax.tree.map(jnp.add, grads, part_grads)
     losses.append(loss)
     logits.append(part_logits)
+    model_states.append(part_state)
   grads = jax.tree.map(lambda g: g / count, grads)
+  model_state = jax.tree.map(lambda *parts: sum(parts) / count, *model_states)
   loss, logits = jnp.mean(jnp.stack(losses)), jnp.concatenate(logits)
   grads = lax.pmean(grads, AXIS)  # equal per-device batches: the mean of means is the mean
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -171,13 +219,16 @@ def train_step(state, dataset, batch, *, model, tx, learning_rate_fn, augment_co
   metrics = lax.pmean({"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
                        "grad_norm": optax.tree.norm(grads)}, AXIS)
   metrics["learning_rate"] = learning_rate_fn(state.step)
-  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                       model_state=model_state), metrics
 
 
-def eval_step(params, dataset, batch, *, model):
-  """Sums over the examples `batch["index"]` of `dataset` where `batch["mask"]` is 1."""
+def eval_step(model_variables, dataset, batch, *, model):
+  """Sums over the examples `batch["index"]` of `dataset` where `batch["mask"]` is 1.
+  `model_variables`: `variables(state)`, params and model state (BatchNorm's running averages:
+  an example's logits do not depend on the others in its batch)."""
   labels = jnp.take(dataset["label"], batch["index"], axis=0)
-  logits = model.apply({"params": params}, jnp.take(dataset["image"], batch["index"], axis=0),
+  logits = model.apply(model_variables, jnp.take(dataset["image"], batch["index"], axis=0),
                        train=False)
   mask = batch["mask"]
   return lax.psum({"correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
@@ -185,23 +236,39 @@ def eval_step(params, dataset, batch, *, model):
                    "count": jnp.sum(mask)}, AXIS)
 
 
-def evaluate(p_eval_step, params, test_data, dataset, batch_size, placement: Placement):
-  """Test accuracy and loss of `params` over every host's test shard (`test_data` on device)."""
+def evaluate(p_eval_step, model_variables, split_data, num_local, num_total, batch_size,
+             placement: Placement):
+  """Accuracy and loss (mean cross-entropy) of `model_variables` (`variables(state)`: params and
+  model state) over one split: `split_data` ({"image", "label"} on the devices) holds this host's
+  `num_local` examples of the split's `num_total` over all hosts. Returns {"accuracy": float
+  in [0, 1], "loss": float}."""
   per_host = batch_size // placement.process_count
-  shard_size = math.ceil(dataset.num_test_examples / placement.process_count)
-  batches = data.eval_indices(len(dataset.x_test), per_host, math.ceil(shard_size / per_host),
+  shard_size = math.ceil(num_total / placement.process_count)
+  batches = data.eval_indices(num_local, per_host, math.ceil(shard_size / per_host),
                               len(placement.local_devices))
   totals = None
   for batch in batches:
-    sums = p_eval_step(params, test_data, placement.shard(batch))
+    sums = p_eval_step(model_variables, split_data, placement.shard(batch))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
-  assert int(totals["count"]) == dataset.num_test_examples, totals  # each example once
+  assert int(totals["count"]) == num_total, totals  # each example once
   # in float64 from the exact integer counts: two runs with the same number of errors must get
   # the same accuracy to the last bit (float32 division differed at 1e-7, and the report's
   # paired test read that noise as a real difference)
   count = float(totals["count"])
   return {"accuracy": float(totals["correct"]) / count, "loss": float(totals["loss"]) / count}
+
+
+def evaluate_splits(p_eval_step, model_variables, device_data, dataset, batch_size,
+                    placement: Placement) -> dict[str, dict]:
+  """`evaluate` on the test split and, when the run holds one out, the validation split:
+  {"test": {"accuracy", "loss"}, ["validation": {...}]}."""
+  splits = {"test": (len(dataset.x_test), dataset.num_test_examples)}
+  if dataset.num_validation_examples:
+    splits["validation"] = (len(dataset.x_validation), dataset.num_validation_examples)
+  return {split: evaluate(p_eval_step, model_variables, device_data[split], num_local,
+                          num_total, batch_size, placement)
+          for split, (num_local, num_total) in splits.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -251,9 +318,10 @@ _on_device: dict = {}  # (dataset id, placement) -> (dataset, arrays): one datas
 
 
 def put_dataset(dataset, placement: Placement, name: str):
-  """{"train": ..., "test": ...}: `dataset`'s images and labels on each of the placement's
-  devices, once per (dataset, devices) however many runs train there; copies of any other
-  dataset are dropped. Raises DataError (one line) when they do not fit a device's free memory.
+  """{"train", "test"[, "validation"]: {"image", "label"}}: `dataset`'s splits on each of the
+  placement's devices, once per (dataset, devices) however many runs train there; copies of any
+  other dataset are dropped. Raises DataError (one line) when they do not fit a device's free
+  memory.
   Size: the preprocessed float32 images, e.g. 614 MiB for CIFAR-10 (60,000 x 32 x 32 x 3 x 4 B),
   0.4 MiB for the digits."""
   key = (id(dataset), placement)
@@ -263,6 +331,8 @@ def put_dataset(dataset, placement: Placement, name: str):
         del _on_device[other]
       arrays = {"train": {"image": dataset.x_train, "label": dataset.y_train},
                 "test": {"image": dataset.x_test, "label": dataset.y_test}}
+      if dataset.num_validation_examples:
+        arrays["validation"] = {"image": dataset.x_validation, "label": dataset.y_validation}
       size = sum(a.nbytes for a in jax.tree.leaves(arrays))
       placement.check_fits(size, f"the {name} dataset ({dataset.x_train.dtype} images "
                            f"{dataset.x_train.shape} + {dataset.x_test.shape})",
@@ -321,23 +391,26 @@ def count_params(params):
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
-def flops_per_image(model, params, image_shape):
-  """FLOPs of one image's forward pass, as XLA's cost analysis counts the compiled function."""
-  forward = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))
-  compiled = forward.lower(params, jnp.zeros((1, *image_shape))).compile()
+def flops_per_image(model, model_variables, image_shape):
+  """FLOPs of one image's forward pass, as XLA's cost analysis counts the compiled function.
+  `model_variables`: `variables(state)`."""
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
+  compiled = forward.lower(model_variables, jnp.zeros((1, *image_shape))).compile()
   return float(compiled.cost_analysis()["flops"])
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_at_step: int | None = None, overwrite: bool = False,
                        placement: Placement | None = None, stop: threading.Event | None = None,
-                       progress_bar: bool = True) -> dict:
+                       progress_bar: bool = True, hparams: dict | None = None) -> dict:
   """Trains, evaluates, checkpoints into `workdir`; resumes from its latest checkpoint.
 
   `stop_at_step` ends this process early (a job-time limit, a test of resuming); relaunching
   with the same workdir continues. `overwrite` starts over in a workdir that holds another run.
   `placement`: where it trains (default: every device of every host). `stop`: when set (by a
   sweep whose other run failed), the run checkpoints the step it reached and returns.
+  `hparams`: what TensorBoard's HParams dashboard shows of a finished run ({"arm": ..., "seed":
+  ..., swept field: value}; default {"seed": config.seed}), beside its final errors.
   Returns the summary also written to `summary.json`. Raises a NinError subclass (one line for
   the user) for a config, data, workdir or checkpoint that cannot work.
   """
@@ -368,9 +441,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise ConfigError(f"--config.num_epochs={config.num_epochs} is less than one step of "
                       f"{steps_per_epoch} per epoch; train for at least {1 / steps_per_epoch:.3g} "
                       "epochs")
-  info("Data: %s, %d train and %d test examples on this host; %d steps/epoch, %d steps",
-               config.dataset, len(dataset.x_train), len(dataset.x_test), steps_per_epoch,
-               total_steps)
+  info("Data: %s, %d train, %d validation and %d test examples on this host; %d steps/epoch, "
+       "%d steps", config.dataset, len(dataset.x_train), dataset.num_validation_examples and
+       len(dataset.x_validation), len(dataset.x_test), steps_per_epoch, total_steps)
   model = create_model(config, dataset.num_classes)
   if data.image_shape(config) != dataset.x_train.shape[1:]:  # validate() could not know them
     validation.check_model_fits(model, dataset.x_train.shape[1:], config)
@@ -390,10 +463,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   key = (program_key(config), dataset.num_classes, steps_per_epoch, placement)
   init = shared(("init", key), lambda: jax.jit(functools.partial(model.init, train=False)))
-  params = init(init_rng, jnp.zeros((1, *dataset.x_train.shape[1:])))["params"]
-  num_params = count_params(params)
-  tx = create_optimizer(config.optimizer, params, learning_rate_fn)
-  state = TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=train_rng)
+  model_variables = init(init_rng, jnp.zeros((1, *dataset.x_train.shape[1:])))
+  num_params = count_params(model_variables["params"])  # trained parameters; not batch_stats
+  tx = create_optimizer(config.optimizer, model_variables["params"], learning_rate_fn)
+  state = create_train_state(model_variables, tx, train_rng)
   if placement.is_placed:  # restored straight onto the run's devices
     state = placement.replicate(state)
   info("Model: %s, head %s, %s parameters", m.preset, m.head, f"{num_params:,}")
@@ -421,7 +494,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --- The loop --------------------------------------------------------------------------------
   guard = LossGuard(dataset.num_classes, config.stuck_loss_steps, config.stuck_loss_tolerance)
   pending, window_start, window_time = [], first_step, time.time()
-  test, test_step, throughputs = None, None, []
+  evaluation, evaluated_step, throughputs = None, None, []
   table = epoch_table(first_step) if first_step < last_step else None
   # On any exit, finish the checkpoint writes in flight: a stopped run keeps its last good state.
   with (_finishing(manager),
@@ -446,10 +519,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                   "images_per_s": round(images_per_s, 1),
                   **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
         if is_eval:
-          test = evaluate(p_eval_step, state.params, device_data["test"], dataset,
-                          config.eval_batch_size, placement)
-          test_step = step + 1
-          record.update({f"test_{k}": v for k, v in test.items()})
+          evaluation = evaluate_splits(p_eval_step, variables(state), device_data, dataset,
+                                       config.eval_batch_size, placement)
+          evaluated_step = step + 1
+          record.update({f"{split}_{k}": v for split, result in evaluation.items()
+                         for k, v in result.items()})
         writer.write(record)
         throughputs.append(images_per_s)
         progress.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{images_per_s:.0f}")
@@ -461,27 +535,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     checkpointing.save(manager, last_step, state, force=True)
 
   # --- Summary ---------------------------------------------------------------------------------
-  if test_step != last_step:
-    test = evaluate(p_eval_step, state.params, device_data["test"], dataset,
-                    config.eval_batch_size, placement)
+  if evaluated_step != last_step:
+    evaluation = evaluate_splits(p_eval_step, variables(state), device_data, dataset,
+                                 config.eval_batch_size, placement)
+  test, held_out = evaluation["test"], evaluation.get("validation")
   summary = {"dataset": config.dataset, "model": m.preset, "head": m.head,
              "num_params": num_params, "step": int(state.step), "total_steps": total_steps,
              "finished": int(state.step) == total_steps,
              "test_accuracy": test["accuracy"], "test_error_percent": 100 * (1 - test["accuracy"]),
-             "test_loss": test["loss"], "wall_time_s": round(time.time() - start_time, 1),
+             "test_loss": test["loss"],
+             "validation_examples": dataset.num_validation_examples,
+             "validation_accuracy": held_out and held_out["accuracy"],
+             "validation_error_percent": held_out and 100 * (1 - held_out["accuracy"]),
+             "validation_loss": held_out and held_out["loss"],
+             "wall_time_s": round(time.time() - start_time, 1),
              "flops_per_image": shared(("flops", key), lambda: flops_per_image(
-                 model, state.params, dataset.x_train.shape[1:])),
+                 model, variables(state), dataset.x_train.shape[1:])),
              # the first window of a process includes compilation: leave it out where we can
              "train_images_per_s": float(np.median(throughputs[1:] or throughputs or [0.0])),
              "steps_per_epoch": steps_per_epoch, "devices": placement.num_devices,
              "device_ids": [d.id for d in placement.local_devices],
-             "platform": placement.local_devices[0].platform, "seed": config.seed}
+             "platform": placement.local_devices[0].platform, "seed": config.seed,
+             # the code, versions, device and resolved config: the report compares them
+             "provenance": provenance.record(config, placement)}
   if first_step == last_step:  # nothing trained by this launch: keep the training figures
     earlier = files.read_json(workdir / "summary.json", "run summary") or {}
     for key in ("wall_time_s", "train_images_per_s"):
       summary[key] = earlier.get(key, summary[key])
   if is_chief:
     files.write_json(workdir / "summary.json", summary)
+    if summary["finished"]:
+      metrics.write_hparams(
+          workdir, hparams or {"seed": config.seed},
+          {metrics.TEST_ERROR_TAG: summary["test_error_percent"],
+           metrics.VALIDATION_ERROR_TAG: summary["validation_error_percent"]},
+          trial_id=f"{workdir.parent.name}/{workdir.name}", step=summary["step"])
     if lock:
       lock.close()
   info("Summary: test accuracy %.2f%% (error %.2f%%), %s parameters, %.1f s, step %d/%d",

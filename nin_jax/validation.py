@@ -49,6 +49,7 @@ def validate(config, num_devices: int | None = None):
   _choice(config, "preprocess", data.PREPROCESSORS)
   _choice(config, "model.preset", models.PRESETS)
   _choice(config, "model.head", models.HEADS)
+  _choice(config, "model.norm", models.NORMS)
   _choice(config, "optimizer.schedule", SCHEDULES)
   _choice(config, "model.dtype", ("float32", "bfloat16"))
   _positive(config, "batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
@@ -193,6 +194,21 @@ def validate_ablation(config):
   _require(ablation.runs_at_once >= 0,
            f"--config.ablation.runs_at_once={ablation.runs_at_once} must be >= 1 (or 0: automatic)")
   _require(ablation.num_seeds >= 1, f"--config.ablation.num_seeds={ablation.num_seeds} must be >= 1")
+  if ablation.get("arms"):
+    _require(all(isinstance(arm, (tuple, list)) and len(arm) == 2 and isinstance(arm[0], str)
+                 and all(isinstance(o, (tuple, list)) and len(o) == 2 and isinstance(o[0], str)
+                         for o in arm[1]) for arm in ablation.arms),
+             "--config.ablation.arms must be ((name, ((dotted field, value), ...)), ...); write "
+             "it with experiments/default.py's ablation({name: {field: value}}, num_seeds)")
+    names = [arm[0] for arm in ablation.arms]
+    _require(len(set(names)) == len(names), f"the ablation names an arm twice: {names}")
+    for name in names:  # each arm is a folder of the sweep's workdir
+      _require(name and not name.startswith(".") and not set(name) & set("/\\*?[]{},"),
+               f"arm name {name!r} cannot be a folder name: use letters, digits, '_', '-', '.'")
+    return  # the fields the arms set are checked by sweep.expand, before any run starts
+  _require("field" in ablation and "arm_values" in ablation,
+           "the ablation section needs `arms` ({name: {field: value}}) or `field` and "
+           "`arm_values` (experiments/default.py's ablation() writes either)")
   _require(len(ablation.arm_values) >= 1, "--config.ablation.arm_values is empty")
   try:
     _get(config, ablation.field)

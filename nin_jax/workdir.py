@@ -14,7 +14,8 @@ BOOKKEEPING = {"data_dir", "download", "log_every_steps", "eval_every_steps",
 RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "config.json")
 # Fields added after runs were saved, with the value that older runs used: a run saved before a
 # field existed resumes when the new config leaves it at that value.
-ADDED_FIELDS = {"microbatch_size": 0}
+# Dotted names for nested fields, as differing_fields compares them.
+ADDED_FIELDS = {"microbatch_size": 0, "validation_examples": 0, "model.norm": "none"}
 
 
 class WorkdirInUseError(ConfigError):
@@ -46,11 +47,12 @@ def lock(workdir):
   return handle
 
 
-def _flatten(tree, prefix=""):
+def flatten(tree, prefix=""):
+  """{"model": {"head": "gap"}} -> {"model.head": "gap"}: nested dicts to dotted keys."""
   flat = {}
   for key, value in tree.items():
     if isinstance(value, dict):
-      flat.update(_flatten(value, f"{prefix}{key}."))
+      flat.update(flatten(value, f"{prefix}{key}."))
     else:
       flat[f"{prefix}{key}"] = value
   return flat
@@ -58,8 +60,8 @@ def _flatten(tree, prefix=""):
 
 def differing_fields(saved: dict, config: dict) -> dict[str, tuple]:
   """{dotted name: (saved value, new value)} where they differ, bookkeeping fields aside."""
-  old = {**ADDED_FIELDS, **_flatten(saved)}
-  new = _flatten(json.loads(json.dumps(config)))  # tuples -> lists
+  old = {**ADDED_FIELDS, **flatten(saved)}
+  new = flatten(json.loads(json.dumps(config)))  # tuples -> lists
   return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
           if k not in BOOKKEEPING and old.get(k) != new.get(k)}
 

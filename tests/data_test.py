@@ -247,3 +247,59 @@ def test_augmentation_crops_are_shifts_of_the_padded_image():
   assert any(np.array_equal(out[0, :, :, 0], s) for s in shifts)
   unchanged = data.augment(jax.random.PRNGKey(2), image, jnp.arange(1), crop_padding=0, flip=False)
   np.testing.assert_array_equal(unchanged, image)
+
+
+# A validation split held out of the training set --------------------------------------------------
+
+def _numbered(num_train, num_classes=10):
+  """A raw Dataset whose training image i carries i in its first two pixels."""
+  ids = np.arange(num_train)
+  x = np.zeros((num_train, 4, 4, 1), np.uint8)
+  x[:, 0, 0, 0], x[:, 0, 1, 0] = ids // 256, ids % 256
+  y = np.random.default_rng(1).integers(0, num_classes, num_train).astype(np.int32)
+  return data.Dataset(x, y, x[:5], y[:5], num_classes, num_train, 5)
+
+
+def _ids(images):
+  return images[:, 0, 0, 0].astype(int) * 256 + images[:, 0, 1, 0]
+
+
+def test_validation_split_is_stratified_fixed_and_disjoint_from_training():
+  raw = _numbered(1000)
+  one_host = Placement(None, 0, 1)
+  split = data.hold_out_validation(raw, 200, one_host)
+  train, validation = _ids(split.x_train), _ids(split.x_validation)
+  assert (len(train), len(validation), split.num_train_examples) == (800, 200, 800)
+  assert sorted(np.concatenate([train, validation]).tolist()) == list(range(1000))
+  np.testing.assert_array_equal(split.y_validation, raw.y_train[validation])
+  np.testing.assert_array_equal(split.y_train, raw.y_train[train])
+  # stratified: each class keeps its share, to within one example
+  np.testing.assert_allclose(np.bincount(split.y_validation, minlength=10),
+                             np.bincount(raw.y_train, minlength=10) * 0.2, atol=1)
+  # fixed: the same examples on every call (so every seed and arm of a sweep shares them)
+  np.testing.assert_array_equal(_ids(data.hold_out_validation(raw, 200, one_host).x_validation),
+                                validation)
+  # two hosts hold the two halves of exactly these splits
+  hosts = [data.hold_out_validation(raw, 200, Placement(None, h, 2)) for h in (0, 1)]
+  for name in ("x_train", "x_validation"):
+    np.testing.assert_array_equal(np.concatenate([getattr(h, name) for h in hosts]),
+                                  getattr(split, name))
+  assert {h.num_validation_examples for h in hosts} == {200}
+
+
+@pytest.mark.parametrize("count", [5, 996, 1000])
+def test_a_validation_split_too_small_or_too_large_is_one_line(count):
+  from nin_jax.errors import ConfigError
+  with pytest.raises(ConfigError, match=rf"validation_examples={count} must leave one training "
+                                        r"example of each of the 10 classes"):
+    data.hold_out_validation(_numbered(1000), count, Placement(None, 0, 1))
+
+
+def test_preprocessing_is_fitted_without_the_validation_examples():
+  dataset = data.load_dataset(digits_config(validation_examples=288))
+  sizes = len(dataset.x_train), len(dataset.x_validation), len(dataset.x_test)
+  assert sizes == (1150, 288, 359)
+  # mean/std fitted on the 1,150 kept images exactly: they have mean 0 and std 1, the held-out
+  # ones (which did not shape the statistics) do not
+  np.testing.assert_allclose([dataset.x_train.mean(), dataset.x_train.std()], [0, 1], atol=1e-5)
+  assert abs(dataset.x_validation.mean()) > 1e-3

@@ -142,14 +142,16 @@ def test_report_tells_a_real_difference_from_noise(tmp_path):
   assert (gap["test_error_best"], gap["test_error_worst"]) == (10.0, 10.2)
   assert gap["paper_test_error"] == 10.41
   verdicts = {(c["a"], c["b"]): c["verdict"] for c in summary["comparisons"]}
-  assert verdicts[("gap", "fc")] == "gap has lower error than fc"
-  assert verdicts[("gap", "fc_dropout")].startswith("not established with 3 seeds")
+  assert verdicts[("gap", "fc")] == "gap has lower test error than fc"
+  assert verdicts[("gap", "fc_dropout")].startswith(
+      "not established on the test split with 3 seeds")
   pair = summary["comparisons"][0]
   assert pair["mean_difference"] == pytest.approx(-2.0333, abs=1e-4)
   assert pair["paired_p"] == pytest.approx(stats.ttest_rel([10.0, 10.2, 10.1],
                                                            [12.0, 12.3, 12.1]).pvalue)
   text = (tmp_path / "report.md").read_text()
-  assert "| gap | 3/3 | 10.10 ± 0.10 | 10.00 | 10.20 |" in text
+  # an old sweep: no overrides
+  assert "| gap | – | 3/3 | 10.10 ± 0.10 | 10.00 | 10.20 |" in text
   assert "10.41" in text
 
 
@@ -161,9 +163,11 @@ def test_report_when_no_arm_varies_over_the_seeds(tmp_path):
   assert pair["welch_p"] == pytest.approx(0.1)
   assert pair["paired_p"] == pair["paired_p_holm"] == pytest.approx(0.25)
   assert pair["interval"] == [-2.0, -2.0]
-  assert pair["verdict"].startswith("not established with 3 seeds")
+  assert pair["verdict"].startswith("not established on the test split with 3 seeds")
   text = (tmp_path / "report.md").read_text()
-  assert "| gap − fc | 3 | -2.00 | [-2.00, -2.00] | 0.250 | 0.100 | not established" in text
+  assert "| test | gap − fc | 3 | -2.00 | [-2.00, -2.00] | 0.250 | 0.100 | not established" in text
+  # the sign test: 2 * 0.5^n < 0.05 from n = 6 (one pair: no Holm adjustment)
+  assert pair["seeds_to_settle"] == 6 and text.rstrip().count("| 6 |") == 1
   assert "exact permutation test" in text
 
 
@@ -174,4 +178,64 @@ def test_report_with_unfinished_runs_says_so(tmp_path):
   assert summary["arms"][0]["seeds_finished"] == [0]
   assert summary["arms"][0]["test_error_std"] is None
   assert summary["comparisons"][0]["verdict"].startswith("too few seeds finished in both (1)")
-  assert "| gap | 1/2 | 10.00 ± – |" in (tmp_path / "report.md").read_text()
+  assert "| gap | – | 1/2 | 10.00 ± – |" in (tmp_path / "report.md").read_text()
+
+
+def test_seeds_to_settle_matches_power_tables():
+  # G*Power / Cohen's tables, paired two-sided t-test, alpha 0.05, power 0.8: d_z 0.2 -> 199
+  # pairs, 0.5 -> 34, 0.8 -> 15, 1.0 -> 10.
+  for effect, seeds in ((0.2, 199), (0.5, 34), (0.8, 15), (1.0, 10)):
+    d = np.array([1.0, -1.0, 1.0, -1.0])
+    d = d / d.std(ddof=1) + effect  # sample std 1, mean `effect`
+    assert report.seeds_to_settle(d, 0.05) == seeds, effect
+  # the level is what Holm asks of the smallest of m p-values: 3 pairs -> 0.05 / 3 needs more
+  assert report.seeds_to_settle(np.array([1.5, -0.5, 1.5, -0.5]), 0.05 / 3) > 34
+  assert report.seeds_to_settle([0.5, -0.5, 0.5, -0.5], 0.05) is None  # no difference seen
+  tiny = np.array([1.0, -1.0, 1.0, -1.0]) + 0.01  # d_z ~ 0.009: ~100,000 seeds
+  assert report.seeds_to_settle(tiny, 0.05) == report.MAX_SEEDS + 1
+
+
+def test_paired_power_agrees_with_simulated_t_tests():
+  rng = np.random.default_rng(0)
+  differences = rng.normal(0.5, 1.0, size=(20_000, 34))  # d_z = 0.5 with 34 seeds
+  simulated = np.mean(stats.ttest_1samp(differences, 0.0, axis=1).pvalue < 0.05)
+  assert report.paired_power(0.5, 34, 0.05) == pytest.approx(simulated, abs=0.01)
+  assert report.paired_power(0.5, 34, 0.05) >= 0.8 > report.paired_power(0.5, 33, 0.05)
+
+
+def test_report_compares_on_validation_and_test_and_names_the_split(tmp_path):
+  write_fake_sweep(tmp_path, {"gap": [10.0, 10.2, 10.1, 10.4], "fc": [12.0, 12.3, 12.1, 12.2],
+                              "fc_dropout": [10.3, 9.9, 10.4, 10.0]})
+  validation = {"gap": [8.0, 8.1, 8.3, 8.2], "fc": [8.2, 7.9, 8.4, 8.3],
+                "fc_dropout": [9.0, 9.2, 9.1, 9.4]}
+  for arm, errors in validation.items():
+    for seed, error in enumerate(errors):
+      path = tmp_path / arm / f"seed_{seed}" / "summary.json"
+      summary = json.loads(path.read_text())
+      summary["validation_error_percent"] = error
+      path.write_text(json.dumps(summary))
+  report.write_report(tmp_path)
+  summary = json.loads((tmp_path / "report.json").read_text())
+  assert summary["splits"] == ["test", "validation"]
+  assert summary["arms"][0]["validation_error_mean"] == pytest.approx(8.15)
+  rows = {(c["split"], c["a"], c["b"]): c for c in summary["comparisons"]}
+  assert len(rows) == 6
+  # Holm within each split's three pairs, from scipy's paired t-tests
+  p = [stats.ttest_rel(validation[a], validation[b]).pvalue
+       for a, b in (("gap", "fc"), ("gap", "fc_dropout"), ("fc", "fc_dropout"))]
+  order = np.argsort(p)
+  expected = np.maximum.accumulate([min(1, (3 - rank) * p[i]) for rank, i in enumerate(order)])
+  for rank, i in enumerate(order):
+    a, b = (("gap", "fc"), ("gap", "fc_dropout"), ("fc", "fc_dropout"))[i]
+    assert rows[("validation", a, b)]["paired_p_holm"] == pytest.approx(expected[rank])
+  assert rows[("validation", "gap", "fc_dropout")]["verdict"] == (
+      "gap has lower validation error than fc_dropout")
+  assert rows[("test", "gap", "fc")]["verdict"] == "gap has lower test error than fc"
+  open_pair = rows[("validation", "gap", "fc")]
+  assert open_pair["verdict"].startswith("not established on the validation split")
+  diffs = np.subtract(validation["gap"], validation["fc"])
+  assert open_pair["seeds_to_settle"] == report.seeds_to_settle(diffs, 0.05 / 3)
+  assert open_pair["seeds_to_settle"] > 4
+  text = (tmp_path / "report.md").read_text()
+  assert "| validation error | best | worst |" in text
+  assert f"| {open_pair['seeds_to_settle']:,} |" in text

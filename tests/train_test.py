@@ -143,3 +143,41 @@ def test_step_schedule_divides_by_ten_at_the_given_epochs():
   base = config.optimizer.learning_rate
   assert [float(lr(s)) for s in (0, 19, 20, 29, 30)] == pytest.approx(
       [base, base, base / 10, base / 10, base / 100])
+
+
+def test_a_run_with_a_validation_split_evaluates_it_beside_the_test_set(tmp_path):
+  import json
+  from tensorboard.backend.event_processing import event_file_loader
+  from tensorboard.plugins.hparams import plugin_data_pb2
+  from nin_jax import metrics
+  config = digits_config(validation_examples=288, eval_every_steps=4)
+  summary = train.train_and_evaluate(config, tmp_path)
+  assert summary["validation_examples"] == 288 and summary["steps_per_epoch"] == 1150 // 64
+  assert summary["validation_error_percent"] == pytest.approx(
+      100 * (1 - summary["validation_accuracy"]))
+  # an accuracy over 288 examples: a whole number of them right
+  assert summary["validation_accuracy"] * 288 == pytest.approx(
+      round(summary["validation_accuracy"] * 288))
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  evaluated = [r for r in records if "test_accuracy" in r]
+  assert [r["step"] for r in evaluated] == [4, 8]  # 0.5 epoch = 8 steps of 17 per epoch
+  assert all("validation_accuracy" in r and "validation_loss" in r for r in evaluated)
+  assert evaluated[-1]["validation_accuracy"] == summary["validation_accuracy"]
+  # provenance: the code, versions and config the run came from
+  saved = json.loads((tmp_path / "summary.json").read_text())["provenance"]
+  assert saved["versions"]["jax"] == jax.__version__ and saved["config"]["seed"] == config.seed
+  assert saved["config"]["validation_examples"] == 288 and saved["platform"] == "cpu"
+  # TensorBoard's HParams dashboard: the finished run's final errors, read back
+  values = {}
+  for event in event_file_loader.EventFileLoader(str(tmp_path / metrics.HPARAMS_FILE)).Load():
+    for value in event.summary.value:
+      if value.tag in (metrics.TEST_ERROR_TAG, metrics.VALIDATION_ERROR_TAG):
+        values[value.tag] = float(value.tensor.float_val[0] if value.tensor.float_val else
+                                  value.simple_value)
+      elif value.metadata.plugin_data.plugin_name == "hparams":
+        data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+        if data.HasField("session_start_info"):
+          values["seed"] = data.session_start_info.hparams["seed"].number_value
+  assert values == pytest.approx({metrics.TEST_ERROR_TAG: summary["test_error_percent"],
+                                  metrics.VALIDATION_ERROR_TAG: summary["validation_error_percent"],
+                                  "seed": 0.0}, abs=1e-4)

@@ -1,0 +1,37 @@
+r"""Head x depth grid: does GAP's standing against the FC heads depend on how deep the mlpconv
+blocks are? Every head of experiments/ablate_head.py (its fair learning rates) with 0, 1 and 2
+1x1 layers per block (experiments/ablate_depth.py's axis): 9 arms, each a combination, named
+'<head>-num_1x1_<n>'.
+
+Paper scale, CIFAR-10 with the authors' recipe (experiments/default.py), 9 arms x 3 seeds:
+
+  python launch.py --config=experiments/ablate_head_depth.py --workdir=/tmp/ahd \
+      --config.data_dir=gs://YOUR_BUCKET/tensorflow_datasets
+
+  Hardware: a Cloud TPU VM or a GPU; 27 runs of 260 epochs. Time: not measured. Expected: the
+  paper reports only the 2-layer row (NIN_REFERENCE.md: GAP 10.41, FC 11.59, FC + dropout 10.88).
+
+Quick, on the embedded digits (no network), 288 training examples held out for validation:
+
+  python launch.py --config=experiments/ablate_head_depth.py:digits --workdir=/tmp/ahd
+
+  Hardware: 2 CPU cores. Time and result: README.md, "Ablations".
+"""
+import ml_collections
+
+from experiments import ablate_head, default
+from nin_jax import sweep
+
+
+@default.with_overrides  # key=value fields of the config string apply after this function
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+  names = default.variant_names(variant)
+  config = default.get_config(variant)
+  config.ablation = default.ablation(
+      sweep.grid(ablate_head.HEAD_ARMS, sweep.arm_set("model.num_1x1", (0, 1, 2))), num_seeds=3,
+      paper_test_error=({"gap-num_1x1_2": 10.41, "fc-num_1x1_2": 11.59,
+                         "fc_dropout-num_1x1_2": 10.88} if config.dataset == "cifar10" else {}))
+  if "digits" in names:
+    config.validation_examples = ablate_head.DIGITS_VALIDATION_EXAMPLES
+    config.eval_every_steps = 85  # every 5 epochs: the error-by-epoch curves
+  return config

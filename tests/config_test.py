@@ -1,0 +1,101 @@
+"""The config string of experiments/default.py: variants that compose and key=value fields."""
+import ml_collections
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from conftest import REPO, run_launch
+from experiments import default
+from nin_jax.errors import ConfigError
+
+
+def test_variants_and_fields_compose_with_the_fields_typed_and_set_last():
+  config = default.get_config("num_epochs=5,digits,model.head=fc,optimizer.learning_rate=0.01,"
+                              "optimizer.decay_epochs=(100,150),model.num_1x1=3,"
+                              "model.relu_on_class_maps=false,model.fc_hidden=(64,)")
+  reference = default.get_config("digits")
+  reference.num_epochs = 5.0  # set after `digits`, though written before it
+  reference.model.head = "fc"
+  reference.optimizer.learning_rate = 0.01
+  reference.optimizer.decay_epochs = (100, 150)
+  reference.model.num_1x1 = 3  # a placeholder(int): takes its declared type
+  reference.model.relu_on_class_maps = False
+  reference.model.fc_hidden = (64,)
+  assert config.to_dict() == reference.to_dict()
+  assert isinstance(config.num_epochs, float) and isinstance(config.model.num_1x1, int)
+  assert default.get_config("").to_dict() == default.get_config().to_dict()
+  augment = default.get_config("augment")
+  assert (augment.augment.crop_padding, augment.augment.flip) == (4, True)
+
+
+def test_variants_compose_whatever_their_order():
+  # augment follows the dataset: 1 pixel of the digits' 8, and no flips (a mirrored 2 is no 2)
+  for variant in ("digits,augment", "augment,digits"):
+    config = default.get_config(variant)
+    assert config.dataset == "digits" and config.model.preset == "nin_digits"
+    assert (config.augment.crop_padding, config.augment.flip) == (1, False)
+  assert default.get_config("digits,holdout").validation_examples == 288
+  both = default.get_config("augment,holdout")
+  assert both.validation_examples == 10_000 and both.augment.flip
+  assert default.get_config("digits,augment,augment.flip=true").augment.flip
+
+
+def test_parse_variant_keeps_commas_inside_brackets():
+  assert default.parse_variant("digits, optimizer.decay_epochs=(100,150) ,a.b=[1,(2,3)]") == (
+      ["digits"], {"optimizer.decay_epochs": "(100,150)", "a.b": "[1,(2,3)]"})
+  assert default.parse_variant("") == ([], {})
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("digits,nope",
+     r"^unknown variant 'nope'; known: augment \(.*\), digits \(.*\), holdout \(.*\); comb"),
+    ("digits,model.haed=fc", r"^the config has no field 'model.haed'; did you mean model.head=fc"),
+    ("digits,num_epochs=soon", r"^num_epochs='soon' in the config string is not a number"),
+    ("model.num_1x1=2.5", r"^model.num_1x1='2.5' in the config string is not an integer"),
+    ("model.relu_on_class_maps=yes", r"is not true or false"),
+    ("digits,,augment", r"^the config string 'digits,,augment' has an empty item"),
+    ("digits,", r"has an empty item \(two commas in a row, or one at an end\); remove it"),
+    ("=5", r"has an empty item \('=5' names no field\)"),
+    ("digits,num_epochs=5,num_epochs=6", r"sets num_epochs twice \('5' and '6'\); keep one"),
+    ("digits,digits", r"names the variant 'digits' twice; keep one"),
+    ("optimizer.decay_epochs=(1,2", r"has an unclosed '\(' or '\['"),
+    ("synthetic=3", r"^synthetic is a section of the config, not a field; set one of its fields"),
+])
+def test_a_bad_config_string_is_one_line_naming_the_problem(variant, message):
+  with pytest.raises(ConfigError, match=message) as error:
+    default.get_config(variant)
+  assert "\n" not in str(error.value)
+
+
+def test_with_overrides_sets_fields_after_a_derived_configs_own_changes():
+  @default.with_overrides
+  def get_config(variant=""):
+    assert variant == "digits"  # only the named variants reach the config file
+    config = default.get_config(variant)
+    config.eval_every_steps = 110
+    config.ablation = ml_collections.ConfigDict(dict(num_seeds=3))
+    return config
+
+  config = get_config("digits,eval_every_steps=55,ablation.num_seeds=10")
+  assert (config.dataset, config.eval_every_steps, config.ablation.num_seeds) == ("digits", 55, 10)
+
+
+def test_config_flags_apply_after_the_config_string():
+  """As launch.py defines --config (lock_config=True), in a FlagValues of its own."""
+  argv = ["launch.py", f"--config={REPO}/experiments/default.py:digits,num_epochs=5,model.head=fc",
+          "--config.num_epochs=3"]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flag_values(argv)
+  config = flag_values.config
+  assert (config.dataset, config.num_epochs, config.model.head) == ("digits", 3.0, "fc")
+
+
+def test_launch_reports_a_bad_config_string_in_one_line(tmp_path):
+  result = run_launch("--config=experiments/default.py:digits,nope", f"--workdir={tmp_path / 'w'}",
+                      devices=1, timeout=120)
+  assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: unknown variant 'nope'; known: "), lines
+  assert not (tmp_path / "w").exists()
