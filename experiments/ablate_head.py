@@ -59,7 +59,7 @@ DIGITS_VALIDATION_EXAMPLES = 288
 @default.with_overrides  # key=value fields of the config string apply after this function
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   names = default.variant_names(variant)
-  config = default.get_config(",".join(n for n in names if n != "both_fc_rates"))
+  config = default.get_config(",".join(i for i in variant.split(",") if i != "both_fc_rates"))
   arms = {**HEAD_ARMS, **(SLOW_FC_ARMS if "both_fc_rates" in names else {})}
   config.ablation = default.ablation(
       arms, num_seeds=3,

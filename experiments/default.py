@@ -127,6 +127,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         ", ".join(f"{name} ({what})" for name, what in VARIANTS.items()) +
         "; combine them with commas and set fields with key=value, for example "
         "experiments/default.py:digits,num_epochs=5")
+  if "dataset" in overrides:  # first: what `augment` and `holdout` do depends on the dataset
+    apply_overrides(config, {"dataset": overrides["dataset"]})
   if "digits" in names:
     config.dataset = "digits"
     config.preprocess = "mean_std"
@@ -173,7 +175,8 @@ def ablation(arms: dict, num_seeds: int, paper_test_error=None) -> ml_collection
       # ((name, ((dotted field, value), ...)), ...): in order, and names may hold dots (lr_0.05),
       # which a ConfigDict's keys may not
       arms=tuple((name, tuple(overrides.items())) for name, overrides in arms.items()),
-      num_seeds=num_seeds, paper_test_error=paper_test_error or {},
+      num_seeds=num_seeds,
+      paper_test_error=tuple((paper_test_error or {}).items()),  # pairs too: arm names
       # Where runs train (README.md, "Sweeps on one machine, a TPU host and a pod slice"); 0 is
       # automatic: one device per run, one run per device (on CPU: 3, or one per device).
       devices_per_run=0, runs_at_once=0))
@@ -278,9 +281,13 @@ def with_overrides(get_config):
   """For a config file built on this one: `@default.with_overrides` above its
   `get_config(variant)` sets the config string's key=value fields on the config it returns,
   after its own changes (so `ablate_head.py:digits,ablation.num_seeds=10` works); its
-  get_config sees only the named variants, joined by commas ('digits')."""
+  get_config sees only the named variants and a `dataset=` field, joined by commas
+  ('digits', 'augment,dataset=cifar100')."""
   @functools.wraps(get_config)
   def get_config_with_overrides(variant: str = "") -> ml_collections.ConfigDict:
     names, overrides = parse_variant(variant)
-    return apply_overrides(get_config(",".join(names)), overrides)
+    # the dataset goes in with the names: the variants, and the file's own choices (the paper's
+    # numbers are CIFAR-10's), depend on it
+    dataset = [f"dataset={overrides['dataset']}"] if "dataset" in overrides else []
+    return apply_overrides(get_config(",".join(names + dataset)), overrides)
   return get_config_with_overrides

@@ -49,6 +49,9 @@ class BlockSpec:
   padding: int = 0
   pool: str | None = None   # 'max' or 'avg', 3 x 3 stride 2, ceil mode (as in cuda-convnet/Caffe)
   dropout: float = 0.0      # after the pool
+  # The preset's k x k width where `with_num_1x1(0)` made the k x k conv the class-map layer: an
+  # FC head, which does without that layer, keeps the conv at this width instead.
+  kxk_width: int = 0
 
 
 # Widths of 0 stand for num_classes: the last block of a GAP model emits one map per class.
@@ -79,13 +82,15 @@ def with_num_1x1(blocks: Sequence[BlockSpec], num_1x1: int) -> tuple[BlockSpec, 
 
   Each block keeps its k x k width and its output width (so the next block and the head see the
   same shapes); added 1 x 1 layers take the width of the preset's first 1 x 1 layer. With 0, the
-  k x k conv emits the block's output width directly: a conventional CNN layer.
+  k x k conv emits the block's output width directly: a conventional CNN layer (in the last
+  block of a GAP model, the class maps; an FC head keeps it at the preset's k x k width).
   """
   def resized(block):
     out = block.widths[-1]
     middle = block.widths[1] if len(block.widths) > 1 else out
     widths = (out,) if num_1x1 == 0 else (block.widths[0],) + (middle,) * (num_1x1 - 1) + (out,)
-    return dataclasses.replace(block, widths=widths)
+    return dataclasses.replace(block, widths=widths,
+                               kxk_width=block.widths[0] if num_1x1 == 0 else 0)
   return tuple(resized(b) for b in blocks)
 
 
@@ -238,7 +243,9 @@ class NIN(nn.Module):
       is_last = index == len(self.blocks) - 1
       widths = tuple(w or self.num_classes for w in block.widths)
       if is_last and self.head != "gap":
-        widths = widths[:-1] or widths  # FC heads do without the class-map layer
+        # FC heads do without the class-map layer; where the k x k conv is that layer
+        # (num_1x1=0), it stays at the preset's k x k width rather than num_classes
+        widths = widths[:-1] or (block.kxk_width or widths[0],)
       x = MLPConv(widths, block.kernel, block.stride, block.padding,
                   relu_on_last=self.relu_on_class_maps or not (is_last and self.head == "gap"),
                   last_name="classifier" if is_last and self.head == "gap" else None,

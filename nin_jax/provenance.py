@@ -170,3 +170,8 @@ def _names(names: list, shown: int = 3) -> str:
 
 def _count(names: list) -> str:
   return "1 run" if len(names) == 1 else f"{len(names)} runs"
+
+
+# Looked up as the code is imported (at launch), not when a run ends: a `git pull` during a long
+# sweep must not relabel the runs that the launched code trains.
+git_state(code_root())

@@ -331,10 +331,10 @@ def markdown(summary, sweep, warnings_=()):
   arms = summary["arms"]
   splits = summary["splits"]
   hardware = {(a["platform"], a["devices"]) for a in arms if a["platform"]}
-  title = " × ".join(f"`{field}`" for field in summary["swept"])
+  title = ", ".join(f"`{field}`" for field in summary["swept"])
   lines = [f"# Ablation of {title} on {summary['dataset']}", ""]
   if warnings_:
-    lines += ["**Warnings: the runs compared here differ in more than their arms.**", ""]
+    lines += ["**Warnings: the runs compared here may differ in more than their arms.**", ""]
     lines += [f"- {w}" for w in warnings_] + [""]
   lines += [
       f"Seeds per arm: {sweep['num_seeds']} (seed n gives every arm the same data order and "

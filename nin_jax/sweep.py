@@ -61,8 +61,17 @@ class Run:
 
 
 def arm_name(field: str, value) -> str:
-  """'gap' for a head, 'num_1x1_2' for a number: a folder name that says what changed."""
-  return value if isinstance(value, str) else f"{field.split('.')[-1]}_{value}"
+  """'gap' for a head, 'num_1x1_2' for a number, 'fc_hidden_64x32' for a tuple: a folder name
+  that says what changed."""
+  if isinstance(value, str):
+    return value
+  if isinstance(value, (tuple, list)):
+    value = "x".join(map(str, value)) or "none"
+  return f"{field.split('.')[-1]}_{value}"
+
+
+# Characters an arm's name (a folder of the sweep, an item of --arm=a,b) cannot hold.
+_NOT_IN_NAMES = set("/\\*?[]{},:;'\"") | set(" \t\n")
 
 
 def arm_set(field: str, values) -> dict[str, dict]:
@@ -84,7 +93,10 @@ def grid(*axes: dict) -> dict[str, dict]:
         clash = sorted(set(overrides) & set(more))
         if clash:
           raise ConfigError(f"grid axes both set {clash}; each field belongs to one axis")
-        combined[f"{name}-{part}" if name else part] = {**overrides, **more}
+        joined = f"{name}-{part}" if name else part
+        if joined in combined:
+          raise ConfigError(f"the grid names two arms {joined!r}; rename an arm of an axis")
+        combined[joined] = {**overrides, **more}
     arms_so_far = combined
   return arms_so_far
 
@@ -97,8 +109,22 @@ def arms(config) -> dict[str, dict]:
   (one field, one value an arm: every sweep written before arms could set several fields)."""
   ablation = config.ablation
   if ablation.get("arms"):
-    return {name: dict(overrides) for name, overrides in ablation.arms}
-  return arm_set(ablation.field, ablation.arm_values)
+    all_arms = {}
+    for name, overrides in ablation.arms:
+      if name in all_arms:
+        raise ConfigError(f"the ablation names the arm {name!r} twice; rename one")
+      # lists as tuples, as a ConfigDict keeps them: hashable, and equal to the run's value
+      all_arms[name] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides}
+  else:
+    all_arms = arm_set(ablation.field, ablation.arm_values)
+    if len(all_arms) < len(ablation.arm_values):
+      raise ConfigError(f"--config.ablation.arm_values={tuple(ablation.arm_values)} holds a "
+                        "value twice; list each once")
+  for name in all_arms:  # each arm is a folder of the sweep's workdir and an item of --arm
+    if not name or name.startswith(".") or set(name) & _NOT_IN_NAMES:
+      raise ConfigError(f"arm name {name!r} cannot be a folder name and an item of --arm: use "
+                        "letters, digits, '_', '-' and '.'")
+  return all_arms
 
 
 def swept_fields(all_arms: dict[str, dict]) -> list[str]:
@@ -117,6 +143,9 @@ def apply(config, overrides: dict):
         node = node[parent]
       if leaf not in node:
         raise KeyError(leaf)
+      if isinstance(node[leaf], ml_collections.ConfigDict):
+        raise ConfigError(f"{key} is a section of the config, not a field; set one of its "
+                          f"fields, for example {key}.{next(iter(node[leaf]))}")
       node[leaf] = value
     except (KeyError, AttributeError, TypeError) as e:
       close = difflib.get_close_matches(key, run_workdir.flatten(config.to_dict()), n=1)
@@ -230,7 +259,7 @@ def run_sweep(config, workdir, only_arms=None, overwrite=False):
     workdir.mkdir(parents=True, exist_ok=True)  # every host: per-host folders each need theirs
     all_arms = arms(config)
     files.write_json(workdir / "sweep.json", {
-        "field": " × ".join(swept_fields(all_arms)), "swept": swept_fields(all_arms),
+        "field": ", ".join(swept_fields(all_arms)), "swept": swept_fields(all_arms),
         "arms": list(all_arms), "overrides": all_arms, "num_seeds": config.ablation.num_seeds,
         "paper_test_error": dict(config.ablation.get("paper_test_error", {})),
         "dataset": config.dataset})
@@ -249,6 +278,9 @@ def run_sweep(config, workdir, only_arms=None, overwrite=False):
   logging.info("Sweep: %d runs, %d finished earlier; this host (%d of %d) trains %d, %d at once "
                "on groups of %d device(s)", len(runs), done, jax.process_index(),
                jax.process_count(), len(mine), min(at_once, len(mine)), per_run)
+  if runs:  # a --config value of a swept field is not what a run trains with: say so
+    logging.info("The arms set %s; each run takes its arm's value, whatever the config says",
+                 ", ".join(swept_fields({run.arm: run.overrides for run in runs})))
   try:
     train_placed(mine, workdir, per_run, at_once, overwrite)
   except Exception as e:  # noqa: BLE001 -- the other hosts finish their runs first

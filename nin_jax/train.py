@@ -560,7 +560,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              "provenance": provenance.record(config, placement)}
   if first_step == last_step:  # nothing trained by this launch: keep the training figures
     earlier = files.read_json(workdir / "summary.json", "run summary") or {}
-    for key in ("wall_time_s", "train_images_per_s"):
+    for key in ("wall_time_s", "train_images_per_s", "provenance"):  # what trained it
       summary[key] = earlier.get(key, summary[key])
   if is_chief:
     files.write_json(workdir / "summary.json", summary)

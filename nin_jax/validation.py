@@ -59,6 +59,8 @@ def validate(config, num_devices: int | None = None):
             "optimizer.weight_decay", "optimizer.grad_clip_norm", "optimizer.warmup_epochs",
             "optimizer.bias_lr_multiplier", "optimizer.classifier_lr_multiplier",
             "augment.crop_padding", "microbatch_size", allow_zero=True)
+  if "validation_examples" in config:  # the split itself is checked against the data's size
+    _positive(config, "validation_examples", allow_zero=True)
   _require(0 <= config.optimizer.momentum < 1,
            f"--config.optimizer.momentum={config.optimizer.momentum} must be in [0, 1)")
   if config.model.num_1x1 is not None:
@@ -200,12 +202,7 @@ def validate_ablation(config):
                          for o in arm[1]) for arm in ablation.arms),
              "--config.ablation.arms must be ((name, ((dotted field, value), ...)), ...); write "
              "it with experiments/default.py's ablation({name: {field: value}}, num_seeds)")
-    names = [arm[0] for arm in ablation.arms]
-    _require(len(set(names)) == len(names), f"the ablation names an arm twice: {names}")
-    for name in names:  # each arm is a folder of the sweep's workdir
-      _require(name and not name.startswith(".") and not set(name) & set("/\\*?[]{},"),
-               f"arm name {name!r} cannot be a folder name: use letters, digits, '_', '-', '.'")
-    return  # the fields the arms set are checked by sweep.expand, before any run starts
+    return  # names and the fields the arms set: sweep.arms and sweep.expand, before any run
   _require("field" in ablation and "arm_values" in ablation,
            "the ablation section needs `arms` ({name: {field: value}}) or `field` and "
            "`arm_values` (experiments/default.py's ablation() writes either)")

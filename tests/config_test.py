@@ -99,3 +99,13 @@ def test_launch_reports_a_bad_config_string_in_one_line(tmp_path):
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: unknown variant 'nope'; known: "), lines
   assert not (tmp_path / "w").exists()
+
+
+def test_a_dataset_given_as_a_field_is_set_before_the_variants_that_depend_on_it():
+  from experiments import ablate_head
+  mnist = default.get_config("augment,dataset=mnist")
+  assert (mnist.dataset, mnist.augment.crop_padding, mnist.augment.flip) == ("mnist", 3, False)
+  assert default.get_config("holdout,dataset=digits").validation_examples == 288
+  # an ablation file sees the dataset too: CIFAR-10's paper numbers only for CIFAR-10
+  assert dict(ablate_head.get_config("dataset=cifar100").ablation.paper_test_error) == {}
+  assert ablate_head.get_config("dataset=cifar100").dataset == "cifar100"

@@ -172,6 +172,19 @@ def test_depth_ablation_keeps_shapes_and_counts_layers(num_1x1):
     assert num_params(model, (32, 32, 3)) == 966_986  # the paper's own network
 
 
+@pytest.mark.parametrize("num_1x1", [0, 1, 2])
+def test_fc_heads_at_every_depth_keep_the_body_without_the_class_map_layer(num_1x1):
+  """The FC body is the GAP body minus its class-map layer: at depth 0 that layer is the last
+  k x k conv itself, which an FC head keeps at the preset's width (192), not num_classes."""
+  fc = jax.eval_shape(lambda: init(models.create_model("nin_cifar", 10, "fc", num_1x1=num_1x1),
+                                   (32, 32, 3)))
+  last = fc["mlpconv3"]
+  assert last["conv"]["kernel"].shape == (3, 3, 192, 192)
+  assert len(last) == max(1, num_1x1)  # the conv, and the 1 x 1 layers but the class maps
+  assert fc["classifier"]["kernel"].shape == (8 * 8 * 192, 10)
+  assert [len(fc[f"mlpconv{i}"]) for i in (1, 2)] == [num_1x1 + 1] * 2
+
+
 def test_unknown_names_are_config_errors():
   with pytest.raises(ConfigError, match="preset"):
     models.create_model("nin_cifra", 10)

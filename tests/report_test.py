@@ -239,3 +239,28 @@ def test_report_compares_on_validation_and_test_and_names_the_split(tmp_path):
   text = (tmp_path / "report.md").read_text()
   assert "| validation error | best | worst |" in text
   assert f"| {open_pair['seeds_to_settle']:,} |" in text
+
+
+def test_report_warns_when_runs_came_from_different_code(tmp_path):
+  write_fake_sweep(tmp_path, {"gap": [10.0, 10.2], "fc": [12.0, 12.3]})
+  def record(commit, jax_version="0.10.2"):
+    return {"versions": {"jax": jax_version, "flax": "0.12.8"}, "platform": "cpu",
+            "device_kind": "cpu", "git": {"commit": commit, "dirty": False}, "config": {}}
+  for arm, seed, provenance in (("gap", 0, record("a" * 40)), ("gap", 1, record("a" * 40)),
+                                ("fc", 0, record("b" * 40)), ("fc", 1, record("a" * 40, "0.9"))):
+    path = tmp_path / arm / f"seed_{seed}" / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "provenance": provenance}))
+  report.write_report(tmp_path)
+  text = (tmp_path / "report.md").read_text()
+  summary = json.loads((tmp_path / "report.json").read_text())
+  assert len(summary["provenance_warnings"]) == 2
+  assert "runs came from 2 commits: aaaaaaa (fc/seed_1, gap/seed_0, gap/seed_1), bbbbbbb " \
+         "(fc/seed_0)" in text
+  assert "jax versions differ" in text and text.index("**Warnings") < text.index("| arm |")
+  # runs that agree: no warning, the code named once
+  for arm, seed in (("fc", 0), ("fc", 1)):
+    path = tmp_path / arm / f"seed_{seed}" / "summary.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "provenance": record("a" * 40)}))
+  report.write_report(tmp_path)
+  text = (tmp_path / "report.md").read_text()
+  assert "Warnings" not in text and "Code: commit aaaaaaaaaaaa; jax 0.10.2, flax 0.12.8" in text

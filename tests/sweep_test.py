@@ -312,6 +312,8 @@ def test_a_grid_is_every_combination_with_readable_names():
      r"^arm 'fast' of the ablation: optimizer.learning_rate cannot take 'fast'"),
     ({"s": {"seed": 3}}, r"^arm 's' sets \['seed'\]: a sweep sets the seed itself"),
     ({"a/b": {"model.head": "fc"}}, r"^arm name 'a/b' cannot be a folder name"),
+    ({"m": {"model": {"head": "fc"}}},
+     r"^arm 'm' of the ablation: model is a section of the config, not a field"),
 ])
 def test_a_bad_arm_is_one_line_before_anything_runs(tmp_path, arms, message):
   config = ablate_head.get_config("digits")
@@ -345,3 +347,20 @@ def test_the_one_field_shorthand_and_old_sweeps_expand_as_before():
       f"num_1x1_{n}": {"model.num_1x1": n} for n in range(4)}
   assert [(r.subdir, r.config.to_dict()) for r in sweep.expand(old)] == [
       (r.subdir, r.config.to_dict()) for r in sweep.expand(config)]
+
+
+def test_arm_values_of_every_kind_make_arms_that_run():
+  config = ablate_head.get_config("digits")
+  config.ablation = default.ablation(
+      {**sweep.arm_set("model.fc_hidden", ((), (64, 32))),
+       **sweep.arm_set("optimizer.learning_rate", (0.05,))}, num_seeds=1,
+      paper_test_error={"learning_rate_0.05": 1.0})  # a name with a dot, and a paper value
+  runs = {r.arm: r for r in sweep.expand(config)}
+  assert list(runs) == ["fc_hidden_none", "fc_hidden_64x32", "learning_rate_0.05"]
+  assert runs["fc_hidden_64x32"].config.model.fc_hidden == (64, 32)
+  assert dict(config.ablation.paper_test_error) == {"learning_rate_0.05": 1.0}
+  listed = default.ablation({"wide": {"model.fc_hidden": [64]}}, num_seeds=1)
+  config.ablation = listed
+  assert sweep.arms(config) == {"wide": {"model.fc_hidden": (64,)}}  # hashable, as the run's
+  with pytest.raises(ConfigError, match=r"the grid names two arms 'a-b-c'"):
+    sweep.grid({"a": {"x": 1}, "a-b": {"x": 2}}, {"b-c": {"y": 1}, "c": {"y": 2}})
