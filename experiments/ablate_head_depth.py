@@ -1,7 +1,8 @@
 r"""Head x depth grid: does GAP's standing against the FC heads depend on how deep the mlpconv
 blocks are? Every head of experiments/ablate_head.py (its fair learning rates) with 0, 1 and 2
 1x1 layers per block (experiments/ablate_depth.py's axis): 9 arms, each a combination, named
-'<head>-num_1x1_<n>'.
+'<head>-num_1x1_<n>'. The FC heads do without the class-map layer, so their last block has one
+1x1 layer fewer than GAP's (at depth 0 its 3x3 conv keeps the preset's width).
 
 Paper scale, CIFAR-10 with the authors' recipe (experiments/default.py), 9 arms x 3 seeds:
 
@@ -15,7 +16,11 @@ Quick, on the embedded digits (no network), 288 training examples held out for v
 
   python launch.py --config=experiments/ablate_head_depth.py:digits --workdir=/tmp/ahd
 
-  Hardware: 2 CPU cores. Time and result: README.md, "Ablations".
+  Hardware: 2 CPU cores. Time: 8 min 35 s measured (27 runs, 3 at a time, seeds 0-2). Result
+  (test error mean +- std): at depth 0, GAP 7.43 +- 2.05% against FC 1.67 +- 0.28% and
+  FC + dropout 1.67 +- 0.48%; at depths 1 and 2 every head between 1.0 and 1.9%. With 36 pairs
+  and 3 seeds nothing is established on the test split; on the validation split FC at depth 1
+  and 2 beats GAP at depth 0. README.md, "Ablations", has the report and the seeds to settle.
 """
 import ml_collections
 
