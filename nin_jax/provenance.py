@@ -33,7 +33,8 @@ def record(config, placement=None) -> dict:
   Returns:
     {"versions": {package: version or None, ..., "python": "3.11.x"},
      "platform": "cpu" | "gpu" | "tpu", "device_kind": str, "num_devices": int,
-     "process_count": int, "git": {"commit": 40-hex str or None, "dirty": bool or None},
+     "process_count": int, "git": {"commit": 40-hex str or None, "dirty": bool or None,
+     "changed": the paths with uncommitted changes, up to 20},
      "config": the resolved config as nested dicts of JSON values (anything else as str)}.
     "git" is None/None where git is missing or the code is not in a git checkout (installed).
   """
@@ -49,7 +50,8 @@ def record(config, placement=None) -> dict:
   commit, dirty = git_state(code_root())
   return {"versions": versions, "platform": device.platform, "device_kind": device.device_kind,
           "num_devices": num_devices, "process_count": process_count,
-          "git": {"commit": commit, "dirty": dirty}, "config": _json_value(config)}
+          "git": {"commit": commit, "dirty": dirty, "changed": changed_files(code_root())},
+          "config": _json_value(config)}
 
 
 def mismatches(records: dict) -> list[str]:
@@ -71,8 +73,11 @@ def mismatches(records: dict) -> list[str]:
     lines.append(f"runs came from {len(commits)} commits: {_describe(commits)}")
   dirty = sorted(name for name, rec in present.items() if (rec.get("git") or {}).get("dirty"))
   if dirty:
+    changed = sorted({path for name in dirty
+                      for path in (present[name].get("git") or {}).get("changed") or []})
     lines.append(f"{_count(dirty)} trained from a checkout with uncommitted changes, so "
-                 f"their code may differ from their commit: {_names(dirty)}")
+                 f"their code may differ from their commit: {_names(dirty)}"
+                 + (f" (changed: {_names(changed, shown=5)})" if changed else ""))
   packages = sorted({p for rec in present.values() for p in (rec.get("versions") or {})})
   for package in packages:
     versions = _group(present, lambda r, p=package: (r.get("versions") or {}).get(p))
@@ -110,6 +115,18 @@ def git_state(root) -> tuple[str | None, bool | None]:
   if commit is None or status is None:
     return None, None
   return commit, bool(status)
+
+
+@functools.lru_cache(maxsize=None)
+def changed_files(root, most: int = 20) -> list[str]:
+  """The paths `git status --porcelain` lists in `root` (the first `most`): what makes a
+  checkout dirty, so that a reader can tell a README edit from a change to the code. [] when
+  clean or not a checkout. Cached per process, as `git_state`."""
+  if git_state.__wrapped__(root)[1] is not True:  # the checkout as it is now
+    return []
+  status = _git(root, "status", "--porcelain") or ""
+  # "XY path" lines (the first one's leading space stripped): the path after the status letters
+  return [line.split(maxsplit=1)[-1] for line in status.splitlines()[:most]]
 
 
 def _git(root, *args) -> str | None:
@@ -175,3 +192,4 @@ def _count(names: list) -> str:
 # Looked up as the code is imported (at launch), not when a run ends: a `git pull` during a long
 # sweep must not relabel the runs that the launched code trains.
 git_state(code_root())
+changed_files(code_root())

@@ -44,7 +44,7 @@ def test_record_of_code_outside_a_checkout(tmp_path):
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=True)
   path, git = json.loads(done.stdout.strip().splitlines()[-1])
   assert path.startswith(str(site))
-  assert git == {"commit": None, "dirty": None}
+  assert git == {"commit": None, "dirty": None, "changed": []}
 
 
 def test_git_state_in_a_folder_inside_another_checkout_or_without_git(tmp_path, monkeypatch):
@@ -70,8 +70,11 @@ def test_git_state_turns_dirty_after_an_edit_but_not_for_ignored_files(tmp_path)
   (tmp_path / "outputs").mkdir()
   (tmp_path / "outputs" / "metrics.jsonl").write_text("{}\n")
   assert state(tmp_path) == (head, False)
+  assert provenance.changed_files.__wrapped__(tmp_path) == []
   (tmp_path / "model.py").write_text("x = 2\n")
   assert state(tmp_path) == (head, True)
+  # what made it dirty, so that a README edit can be told from a change to the code
+  assert provenance.changed_files.__wrapped__(tmp_path) == ["model.py"]
 
 
 def _record(commit="1a2b3c4" + "0" * 33, jax_version="0.10.2", dirty=False, device_kind="cpu"):
@@ -105,6 +108,10 @@ def test_mismatches_names_package_versions_dirty_trees_and_hardware():
   assert len(lines) == 3, lines
   assert "1 run trained from a checkout with uncommitted changes" in lines[0]
   assert lines[0].endswith(": gap/seed_0")
+  edited = _record(dirty=True)
+  edited["git"]["changed"] = ["README.md"]
+  assert provenance.mismatches({"gap/seed_0": edited})[0].endswith(
+      ": gap/seed_0 (changed: README.md)")
   assert re.fullmatch(r"jax versions differ: 0\.10\.2 \(gap/seed_0\), 0\.9\.0 \(fc/seed_0\)|"
                       r"jax versions differ: 0\.9\.0 \(fc/seed_0\), 0\.10\.2 \(gap/seed_0\)",
                       lines[1]), lines[1]
