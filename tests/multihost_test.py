@@ -40,10 +40,11 @@ def launch_two_processes(workdir, args=RUN):
 def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
   logs = launch_two_processes(tmp_path / "two")
   # Each process loads only its own shard: 719 + 719 of the 1,438 training digits.
-  shards = [re.search(r"Data: digits, (\d+) train and (\d+) test examples on this host", log)
-            for log in logs]
+  shards = [re.search(r"Data: digits, (\d+) train, (\d+) validation and (\d+) test examples on "
+                      r"this host", log) for log in logs]
   assert [int(m.group(1)) for m in shards] == [719, 719]
-  assert sum(int(m.group(2)) for m in shards) == 359
+  assert [int(m.group(2)) for m in shards] == [0, 0]  # no validation split asked for
+  assert sum(int(m.group(3)) for m in shards) == 359
   for i, log in enumerate(logs):
     assert f"Devices: 4 (2 local, process {i} of 2)" in log
 
