@@ -216,7 +216,7 @@ def test_placed_sweep_equals_one_at_a_time_and_a_run_alone(tmp_path):
   assert solo["devices"] == 1 and solo["device_ids"] == [0] and len(jax.devices()) == 4
   # Equal to float rounding, not to the bit: XLA compiles a one-device process's step a little
   # differently from a step on device 3 of four (parameters 6e-8 apart, measured; the code before
-  # placement existed did the same), so the losses agree to ~1e-7 and the accuracies exactly.
+  # issue 11 did the same), so the losses agree to ~1e-7 and the accuracies exactly.
   for key in ("test_accuracy", "validation_accuracy"):
     assert solo[key] == placed[on_device_3][key], key
   for key in ("test_loss", "validation_loss"):
