@@ -27,6 +27,34 @@ from nin_jax.errors import DataError
 
 AXIS = "batch"  # the pmapped device axis
 
+# CPU instruction-set flags (Linux /proc/cpuinfo) that do bfloat16 arithmetic: x86's AVX512-BF16
+# and AMX-BF16, Arm's BF16. Without one, XLA computes a bfloat16 model's convolutions and matmuls
+# in float32 with conversions around them (README.md, "Mixed precision").
+CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_bfloat16_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...] | None:
+  """The CPU_BFLOAT16_FLAGS this host's CPU has (() for none), or None where `cpuinfo` cannot be
+  read (not Linux): the facts behind `native_bfloat16`, and the benchmark's header."""
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86 | Arm
+          return tuple(flag for flag in CPU_BFLOAT16_FLAGS if flag in value.split())
+  except OSError:
+    return None
+  return None
+
+
+def native_bfloat16(platform: str) -> bool | None:
+  """Whether devices of `platform` ("cpu", "gpu", "tpu") compute in bfloat16 natively: True on
+  TPU and GPU, on CPU whether it has a CPU_BFLOAT16_FLAGS flag (None: unknown)."""
+  if platform != "cpu":
+    return True
+  flags = cpu_bfloat16_flags()
+  return None if flags is None else bool(flags)
+
 
 @dataclasses.dataclass(frozen=True)
 class Placement:

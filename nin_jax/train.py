@@ -31,7 +31,7 @@ from jax import lax
 from nin_jax import checkpointing, data, files, metrics, models, provenance, validation
 from nin_jax import workdir as run_workdir
 from nin_jax.errors import ConfigError, NonFiniteLossError, TrainingStuckError
-from nin_jax.placement import AXIS, Placement
+from nin_jax.placement import AXIS, CPU_BFLOAT16_FLAGS, Placement, native_bfloat16
 
 
 @flax.struct.dataclass
@@ -427,6 +427,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --- Setup: devices and batch shapes ---------------------------------------------------------
   num_local_devices = len(placement.local_devices)
   info("Devices: %s", placement.describe())
+  platform = placement.local_devices[0].platform
+  if config.model.dtype == "bfloat16" and native_bfloat16(platform) is False:
+    logging.warning("%smodel.dtype=bfloat16 on a CPU without bfloat16 arithmetic (no %s flag): "
+                    "XLA computes it in float32 with conversions, slower than "
+                    "--config.model.dtype=float32 (README.md, 'Mixed precision')", name,
+                    "/".join(CPU_BFLOAT16_FLAGS))
 
   # --- Data ------------------------------------------------------------------------------------
   dataset = data.load_dataset(config, placement)
