@@ -1,18 +1,25 @@
 """Train-step speed: `python -m nin_jax.benchmark [--out=benchmark.json]`; sweep throughput:
 `python -m nin_jax.benchmark --sweep=experiments/ablate_head.py:digits`.
 
-For the paper's CIFAR-10 NIN at batch 128 and the 224-pixel NiN at batch 16, it measures the real
-train step of nin_jax.train (the pmapped step, SGD with momentum and weight decay, augmentation on
-the device) and prints one table:
+For the paper's CIFAR-10 NIN at batch 128 and the 224-pixel NiN at batch 16, each in float32 and
+in bfloat16 (`model.dtype`, --dtypes), it measures the real train step of nin_jax.train (the
+pmapped step, SGD with momentum and weight decay, augmentation on the device) and prints one table:
 
   * step time: the median of --steps steps after compilation; images/s; compile time;
   * achieved FLOP/s, with the FLOPs of the compiled step from XLA's cost analysis, and that as a
-    fraction of the f32 matmul peak measured in the same run with a large jnp.dot;
+    fraction of the matmul peak of the row's dtype, measured in the same run with a large jnp.dot;
   * peak host memory (and device memory where the device reports it);
   * the share of step time spent on input: the real pipeline (the epoch's indices on the device,
     gather, crops and flips on the device) against a constant batch of indices;
-  * the PyTorch peer (../shared/peer/torch_nin.py, channels_last) run in the same command, and the
-    ratio of images/s. torch is not a dependency of nin-jax: without it the peer is skipped.
+  * the PyTorch peer (../shared/peer/torch_nin.py, channels_last) run in the same command, in
+    float32 and, for the bfloat16 rows, with its forward under torch.autocast
+    (nin_jax/peer_bfloat16.py), and the ratio of images/s to the peer in the same dtype; bfloat16
+    rows also give their ratio to nin-jax's own float32. torch is not a dependency of nin-jax:
+    without it the peer is skipped.
+
+The header names the CPU and its bfloat16 instructions (placement.cpu_bfloat16_flags): without
+them XLA computes bfloat16 convolutions and matmuls in float32, and so does PyTorch's oneDNN
+(slower still).
 
 Shared machines are noisy: compare ratios from one run, not absolute times across runs.
 """
@@ -36,16 +43,21 @@ import numpy as np
 from absl import app, flags
 
 from nin_jax import data, files, models, train
-from nin_jax.placement import Placement
+from nin_jax.placement import Placement, cpu_bfloat16_flags
 
 flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after compilation).")
 flags.DEFINE_string("out", "benchmark.json", "Where to write the table as JSON.")
 flags.DEFINE_string("peer", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "peer",
                                          "torch_nin.py"), "The PyTorch peer script.")
 flags.DEFINE_list("models", ["cifar", "imagenet"], "Which of cifar, imagenet.")
+flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes (model.dtype) to time; "
+                  "parameters, gradients, optimizer, logits and loss stay float32.")
+flags.DEFINE_integer("batch", None, "Global batch of every model (default: per model, see "
+                     "SETUPS), e.g. 1024 on an accelerator.")
 flags.DEFINE_bool("breakdown", False, "Also time each layer of the CIFAR NIN alone.")
 flags.DEFINE_integer("microbatch_size", None, "Per-device micro-batch of the train step "
-                     "(config.microbatch_size); default: per model, see SETUPS; 0 = off.")
+                     "(config.microbatch_size); default: per model on CPU, see SETUPS, and 0 "
+                     "(off) on GPU and TPU; 0 = off.")
 flags.DEFINE_string("sweep", None, "Measure sweep throughput instead: this ablation config "
                     "(experiments/ablate_head.py:digits), one run at a time against placed.")
 flags.DEFINE_integer("sweep_seeds", 2, "With --sweep: seeds per arm.")
@@ -75,10 +87,10 @@ def _median_seconds(fn, steps):
   return float(np.median(times))
 
 
-def matmul_peak_flops(size=2048, steps=20):
-  """f32 FLOP/s of a large square jnp.dot on device 0: the practical peak to compare with.
-  The fastest of `steps` runs: a peak, and the figure least disturbed by a busy machine."""
-  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32)
+def matmul_peak_flops(size=2048, steps=20, dtype="float32"):
+  """FLOP/s of a large square jnp.dot in `dtype` on device 0: the practical peak to compare
+  with. The fastest of `steps` runs: a peak, and the figure least disturbed by a busy machine."""
+  a = jax.random.normal(jax.random.PRNGKey(0), (size, size), jnp.float32).astype(dtype)
   dot = jax.jit(jnp.dot)
   jax.block_until_ready(dot(a, a))
   fastest = min(_median_seconds(lambda: dot(a, a), 1) for _ in range(steps))
@@ -93,12 +105,14 @@ def _optimizer_config():
   return config
 
 
-def measure(name, steps, microbatch_size=None, profile=False):
-  preset, classes, batch_size, shape, _, default_microbatch = SETUPS[name]
-  if microbatch_size is None:
-    microbatch_size = default_microbatch
+def measure(name, steps, microbatch_size=None, profile=False, dtype="float32", batch_size=None):
+  """One row of the table: the train step of SETUPS[name] with compute dtype `dtype`."""
+  preset, classes, default_batch, shape, _, default_microbatch = SETUPS[name]
+  batch_size = batch_size or default_batch
+  if microbatch_size is None:  # micro-batches pay on CPU caches; accelerators want whole batches
+    microbatch_size = default_microbatch if jax.devices()[0].platform == "cpu" else 0
   num_devices = jax.local_device_count()
-  model = models.create_model(preset, classes)
+  model = models.create_model(preset, classes, dtype=dtype)
   model_variables = jax.jit(functools.partial(model.init, train=False))(
       jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
   learning_rate_fn = lambda step: 0.01  # noqa: E731
@@ -143,7 +157,8 @@ def measure(name, steps, microbatch_size=None, profile=False):
   jax.block_until_ready(run_pipeline())
   pipeline_s = _median_seconds(run_pipeline, steps)
   device_memory = (jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use")
-  return {"model": name, "preset": preset, "batch": batch_size, "devices": num_devices,
+  return {"model": name, "dtype": dtype, "preset": preset, "batch": batch_size,
+          "devices": num_devices,
           "platform": jax.devices()[0].platform, "microbatch_size": microbatch_size,
           "compile_s": compile_s, "step_ms": 1e3 * step_s,
           "images_per_s": batch_size / step_s, "step_gflop": flops / 1e9,
@@ -175,7 +190,9 @@ def profile_ops(run_step, hlo_text, steps=3):
         kind = re.sub(r"[.\d]+$", "", event.name)
         totals[(kind, defined.group(1).lstrip("(") if defined else "?")] += event.duration_ns
   total = sum(totals.values())
-  return [{"op": kind, "output": shape, "ms_per_step": ns / steps / 1e6, "share": ns / total}
+  return [{"op": kind, "output": shape, "ms_per_step": ns / steps / 1e6, "share": ns / total,
+           # a fusion that converts between dtypes: bfloat16 <-> float32 traffic
+           "converts": "convert" in kind}
           for (kind, shape), ns in totals.most_common()]
 
 
@@ -209,13 +226,17 @@ def layer_breakdown(steps):
   return rows
 
 
-def run_peer(script, name, steps):
-  arch, batch = SETUPS[name][4], SETUPS[name][2]
+def run_peer(script, name, steps, dtype="float32", batch_size=None):
+  """The peer's JSON line for SETUPS[name]: its float32 step, or with dtype="bfloat16" the same
+  step with its forward under torch.autocast (nin_jax/peer_bfloat16.py); {"error": ...} where it
+  could not run (no script, no torch)."""
+  arch, batch = SETUPS[name][4], batch_size or SETUPS[name][2]
   if not os.path.exists(script):
     return {"error": f"no peer script at {script}"}
-  result = subprocess.run([sys.executable, script, "--arch", arch, "--batch", str(batch),
-                           "--steps", str(steps), "--channels-last"], capture_output=True,
-                          text=True)
+  wrapper = [os.path.join(os.path.dirname(__file__), "peer_bfloat16.py")] if dtype != "float32" else []
+  result = subprocess.run([sys.executable, *wrapper, script, "--arch", arch, "--batch",
+                           str(batch), "--steps", str(steps), "--channels-last"],
+                          capture_output=True, text=True)
   if result.returncode:
     return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
   return json.loads(result.stdout.strip().splitlines()[-1])
@@ -325,49 +346,82 @@ def sweep_main():
           f"| {r['member_steps_per_s'] / members[0]['member_steps_per_s']:.2f}x |")
 
 
+def cpu_name():
+  """The CPU's model name from /proc/cpuinfo, or the platform's word for it."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.partition(":")[2].strip()
+  except OSError:
+    pass
+  import platform
+  return platform.processor() or platform.machine()
+
+
 def main(argv):
   del argv
   if flags.FLAGS.sweep:
     return sweep_main()
-  peak = matmul_peak_flops()
-  rows = []
+  unknown = set(flags.FLAGS.dtypes) - set(models.DTYPES)
+  if unknown or not flags.FLAGS.dtypes:
+    raise app.UsageError(f"--dtypes={','.join(flags.FLAGS.dtypes)}: choose from "
+                         f"{','.join(models.DTYPES)}")
+  peaks = {dtype: matmul_peak_flops(dtype=dtype) for dtype in flags.FLAGS.dtypes}
+  rows, peers = [], {}
   for name in flags.FLAGS.models:
-    row = measure(name, flags.FLAGS.steps, flags.FLAGS.microbatch_size,
-                  profile=flags.FLAGS.profile and name == "cifar")
-    row["fraction_of_matmul_peak"] = row["achieved_gflop_per_s"] * 1e9 / peak
-    peer = run_peer(flags.FLAGS.peer, name, flags.FLAGS.steps)
-    row["peer_images_per_s"] = peer.get("images_per_s")
-    row["ratio_vs_peer"] = (row["images_per_s"] / peer["images_per_s"]
-                            if peer.get("images_per_s") else None)
-    row["peer"] = peer
-    rows.append(row)
+    for dtype in flags.FLAGS.dtypes:
+      row = measure(name, flags.FLAGS.steps, flags.FLAGS.microbatch_size,
+                    profile=flags.FLAGS.profile and name == "cifar", dtype=dtype,
+                    batch_size=flags.FLAGS.batch)
+      row["fraction_of_matmul_peak"] = row["achieved_gflop_per_s"] * 1e9 / peaks[dtype]
+      peer = run_peer(flags.FLAGS.peer, name, flags.FLAGS.steps, dtype, flags.FLAGS.batch)
+      peers[name, dtype] = peer
+      row["peer_images_per_s"] = peer.get("images_per_s")
+      row["ratio_vs_peer"] = (row["images_per_s"] / peer["images_per_s"]
+                              if peer.get("images_per_s") else None)
+      row["peer"] = peer
+      own = [r for r in rows if r["model"] == name and r["dtype"] == "float32"]
+      row["ratio_vs_own_float32"] = row["images_per_s"] / own[0]["images_per_s"] if own else None
+      rows.append(row)
   host_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  report = {"matmul_peak_gflop_per_s": peak / 1e9, "host_peak_mb": host_peak_mb,
-            "jax": jax.__version__, "cpu_count": os.cpu_count(), "rows": rows}
+  platform = jax.devices()[0].platform
+  device = (f"{cpu_name()}, bfloat16 instructions: "
+            f"{', '.join(cpu_bfloat16_flags() or ()) or 'none'}" if platform == "cpu"
+            else jax.devices()[0].device_kind)
+  report = {"matmul_peak_gflop_per_s": {d: p / 1e9 for d, p in peaks.items()},
+            "host_peak_mb": host_peak_mb, "jax": jax.__version__, "cpu_count": os.cpu_count(),
+            "device": device, "rows": rows}
   files.write_json(files.resolve(flags.FLAGS.out), report)
 
   def fmt(value, pattern):
     return "–" if value is None else pattern.format(value)
-  print(f"f32 matmul peak (jnp.dot 2048^2): {peak / 1e9:.1f} GFLOP/s; host peak memory "
-        f"{host_peak_mb:.0f} MB (whole process); {jax.devices()[0].platform} x "
-        f"{jax.local_device_count()}, {os.cpu_count()} cores")
-  print("| model | batch | micro-batch | step ms | images/s | compile s | GFLOP/step | GFLOP/s "
-        "| of peak | input share | device MB | peer images/s | ratio vs peer |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  print(f"{platform} x {jax.local_device_count()} ({device}), {os.cpu_count()} cores; matmul "
+        "peak (jnp.dot 2048^2) " + ", ".join(f"{d} {p / 1e9:.1f}" for d, p in peaks.items())
+        + f" GFLOP/s; host peak memory {host_peak_mb:.0f} MB (whole process)")
+  print("| model | dtype | batch | micro-batch | step ms | images/s | compile s | GFLOP/step "
+        "| GFLOP/s | of peak | input share | device MB | peer | peer images/s | ratio vs peer "
+        "| vs own float32 |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r['model']} | {r['batch']} | {r['microbatch_size'] or '–'} | {r['step_ms']:.1f} "
-          f"| {r['images_per_s']:.1f} "
+    peer_kind = "float32" if r["dtype"] == "float32" else "autocast bf16"
+    print(f"| {r['model']} | {r['dtype']} | {r['batch']} | {r['microbatch_size'] or '–'} "
+          f"| {r['step_ms']:.1f} | {r['images_per_s']:.1f} "
           f"| {r['compile_s']:.1f} | {r['step_gflop']:.2f} | {r['achieved_gflop_per_s']:.1f} "
           f"| {100 * r['fraction_of_matmul_peak']:.0f}% | {100 * r['input_share']:.1f}% "
-          f"| {fmt(r['device_peak_mb'], '{:.0f}')} | {fmt(r['peer_images_per_s'], '{:.1f}')} "
-          f"| {fmt(r['ratio_vs_peer'], '{:.2f}x')} |")
+          f"| {fmt(r['device_peak_mb'], '{:.0f}')} | {peer_kind} "
+          f"| {fmt(r['peer_images_per_s'], '{:.1f}')} | {fmt(r['ratio_vs_peer'], '{:.2f}x')} "
+          f"| {fmt(r['ratio_vs_own_float32'], '{:.2f}x')} |")
   for r in rows:
     if "error" in r["peer"]:
-      print(f"peer ({r['model']}): {r['peer']['error']}")
+      print(f"peer ({r['model']}, {r['dtype']}): {r['peer']['error']}")
   for r in rows:
     if r["ops"]:
-      print(f"\nWhere the {r['model']} step's time goes (op time summed over threads, "
-            f"{sum(o['ms_per_step'] for o in r['ops']):.0f} ms per step; top 15 ops):")
+      total = sum(o["ms_per_step"] for o in r["ops"])
+      converts = sum(o["ms_per_step"] for o in r["ops"] if o["converts"])
+      print(f"\nWhere the {r['model']} {r['dtype']} step's time goes (op time summed over "
+            f"threads, {total:.0f} ms per step, {100 * converts / total:.0f}% of it in ops that "
+            "convert between dtypes; top 15 ops):")
       print("| op | output | ms/step | share |\n|---|---|---|---|")
       for o in r["ops"][:15]:
         print(f"| {o['op']} | {o['output']} | {o['ms_per_step']:.1f} | {100 * o['share']:.1f}% |")
@@ -376,6 +430,7 @@ def main(argv):
     report["layers"] = layers
     files.write_json(files.resolve(flags.FLAGS.out), report)
     total = sum(r["ms"] for r in layers)
+    peak = peaks["float32"] if "float32" in peaks else matmul_peak_flops()
     print("\n| layer (CIFAR NIN, batch 128, forward + backward alone) | ms | share | GFLOP "
           "| GFLOP/s | of peak |")
     print("|---|---|---|---|---|---|")

@@ -51,7 +51,7 @@ def validate(config, num_devices: int | None = None):
   _choice(config, "model.head", models.HEADS)
   _choice(config, "model.norm", models.NORMS)
   _choice(config, "optimizer.schedule", SCHEDULES)
-  _choice(config, "model.dtype", ("float32", "bfloat16"))
+  _choice(config, "model.dtype", models.DTYPES)
   _positive(config, "batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
             "checkpoint_every_steps", "keep_checkpoints", "optimizer.learning_rate",
             "model.init_stddev", "optimizer.decay_factor")
