@@ -1,7 +1,8 @@
 r"""Mixed precision: does bfloat16 compute train as well as float32? Two arms, `float32` and
 `bfloat16` (`model.dtype`), everything else equal: in both, the parameters (master weights),
-the gradients, the optimizer, the logits and the loss are float32; `bfloat16` runs the
-convolutions, the 1x1 (cccp) layers, ReLUs and pools in bfloat16.
+the biases, ReLUs, pools, the optimizer, the logits and the loss are float32; `bfloat16` runs
+the convolutions and the 1x1 (cccp) layers, forward and backward, in bfloat16
+(nin_jax/models.py, layer_options).
 
 Quick, on the embedded digits (no network): the quick start of README.md, 5 seeds an arm:
 

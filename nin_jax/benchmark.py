@@ -367,6 +367,20 @@ def main(argv):
   if unknown or not flags.FLAGS.dtypes:
     raise app.UsageError(f"--dtypes={','.join(flags.FLAGS.dtypes)}: choose from "
                          f"{','.join(models.DTYPES)}")
+  platform = jax.devices()[0].platform
+  for name in flags.FLAGS.models:
+    if name not in SETUPS:
+      raise app.UsageError(f"--models: unknown model {name!r}; choose from {','.join(SETUPS)}")
+    batch = flags.FLAGS.batch or SETUPS[name][2]
+    per_device, micro = batch // jax.local_device_count(), flags.FLAGS.microbatch_size
+    if micro is None:
+      micro = SETUPS[name][5] if platform == "cpu" else 0
+    if (flags.FLAGS.batch is not None and flags.FLAGS.batch < 1) or (
+        per_device * jax.local_device_count() != batch) or (micro and per_device % micro):
+      raise app.UsageError(
+          f"--batch={batch} for {name}: it must be positive and divide by the "
+          f"{jax.local_device_count()} devices, and the per-device batch {per_device} by the "
+          f"micro-batch {micro} (--microbatch_size=0 turns micro-batches off)")
   peaks = {dtype: matmul_peak_flops(dtype=dtype) for dtype in flags.FLAGS.dtypes}
   rows, peers = [], {}
   for name in flags.FLAGS.models:
@@ -375,17 +389,20 @@ def main(argv):
                     profile=flags.FLAGS.profile and name == "cifar", dtype=dtype,
                     batch_size=flags.FLAGS.batch)
       row["fraction_of_matmul_peak"] = row["achieved_gflop_per_s"] * 1e9 / peaks[dtype]
-      peer = run_peer(flags.FLAGS.peer, name, flags.FLAGS.steps, dtype, flags.FLAGS.batch)
+      # the peer is PyTorch on this host's CPU: a yardstick for the CPU step only
+      peer = (run_peer(flags.FLAGS.peer, name, flags.FLAGS.steps, dtype, flags.FLAGS.batch)
+              if platform == "cpu" else {"error": f"the CPU peer is not run beside {platform}"})
       peers[name, dtype] = peer
       row["peer_images_per_s"] = peer.get("images_per_s")
       row["ratio_vs_peer"] = (row["images_per_s"] / peer["images_per_s"]
                               if peer.get("images_per_s") else None)
       row["peer"] = peer
-      own = [r for r in rows if r["model"] == name and r["dtype"] == "float32"]
-      row["ratio_vs_own_float32"] = row["images_per_s"] / own[0]["images_per_s"] if own else None
       rows.append(row)
+  for row in rows:
+    own = [r for r in rows if r["model"] == row["model"] and r["dtype"] == "float32"]
+    row["ratio_vs_own_float32"] = (row["images_per_s"] / own[0]["images_per_s"]
+                                   if own and row["dtype"] != "float32" else None)
   host_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  platform = jax.devices()[0].platform
   device = (f"{cpu_name()}, bfloat16 instructions: "
             f"{', '.join(cpu_bfloat16_flags() or ()) or 'none'}" if platform == "cpu"
             else jax.devices()[0].device_kind)

@@ -158,30 +158,28 @@ def pool(x, kind: str):
   return nn.avg_pool(x, (3, 3), (2, 2), padding, count_include_pad=False)
 
 
-def matmul_options(dtype) -> dict:
+def _cast_operands(inputs, kernel, bias, *, dtype):
+  """nn.Conv / nn.Dense `promote_dtype`: the input and the kernel to `dtype`; the bias stays
+  float32, so `y + bias` promotes the bfloat16 result to float32 (see layer_options)."""
+  return (None if inputs is None else inputs.astype(dtype),
+          None if kernel is None else kernel.astype(dtype), bias)
+
+
+def layer_options(dtype) -> dict:
   """nn.Conv / nn.Dense keyword arguments for compute dtype `dtype` (jnp.float32 or bfloat16).
 
-  Mixed precision as bfloat16 hardware does it: with bfloat16, the convolution or matmul takes
-  bfloat16 operands (nn.Conv and nn.Dense cast the input and the float32 kernel) and returns
-  float32, accumulated in float32 (`preferred_element_type`); the bias, ReLU, BatchNorm, pools
-  and dropout then run in float32 and the next layer casts its input again. Why not bfloat16
-  results: the bias and ReLU gradients then became float32 <-> bfloat16 conversions, 19% of the
-  CIFAR step's op time on a CPU, and the step was 1.2-1.3x slower (README.md, "Mixed precision").
+  With bfloat16: the convolution or matmul takes the input and the float32 kernel (the master
+  weights) cast to bfloat16 and returns bfloat16, which becomes float32 where the float32 bias
+  is added (a layer without bias: where BatchNorm, in float32, takes it). So the layers between
+  -- bias, ReLU, BatchNorm, pools, dropout -- run in float32, and in the backward pass the
+  gradient is cast to bfloat16 once, where it enters the convolution's two backward ops, which
+  then run in bfloat16 too. Why not flax's all-bfloat16 layers (bias, ReLU and pools in
+  bfloat16): their bias and ReLU gradients became float32 <-> bfloat16 conversions, 19% of the
+  CIFAR step's op time on a CPU, 1.2-1.3x slower (README.md, "Mixed precision").
   """
   if jnp.dtype(dtype) == jnp.float32:
     return {"dtype": jnp.float32}
-  return {"dtype": dtype,
-          "dot_general": functools.partial(lax.dot_general, preferred_element_type=jnp.float32)}
-
-
-def conv_options(dtype) -> dict:
-  """As matmul_options, for nn.Conv."""
-  options = matmul_options(dtype)
-  if "dot_general" in options:
-    options["conv_general_dilated"] = functools.partial(lax.conv_general_dilated,
-                                                        preferred_element_type=jnp.float32)
-    del options["dot_general"]
-  return options
+  return {"dtype": jnp.dtype(dtype), "promote_dtype": _cast_operands}
 
 
 def normalise(x, norm: str, *, train: bool, axis_name: str | None, name: str):
@@ -215,7 +213,7 @@ class MLPConv(nn.Module):
   relu_on_last: bool = True
   last_name: str | None = None
   kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.05)
-  dtype: jnp.dtype = jnp.float32  # of the convolutions' operands (matmul_options); params float32
+  dtype: jnp.dtype = jnp.float32  # of the convolutions' operands (layer_options); params float32
   norm: str = "none"
   axis_name: str | None = None
 
@@ -229,13 +227,13 @@ class MLPConv(nn.Module):
       if i == 0:
         x = nn.Conv(width, (self.kernel,) * 2, (self.stride,) * 2,
                     padding=[(self.padding,) * 2] * 2, use_bias=use_bias,
-                    kernel_init=self.kernel_init, name=name, **conv_options(self.dtype))(x)
+                    kernel_init=self.kernel_init, name=name, **layer_options(self.dtype))(x)
       else:
         # A 1 x 1 convolution is a dense layer over the channel axis at every position. Written as
         # one (positions x channels) @ (channels x width) matmul it runs ~2x faster on CPU than
         # XLA's convolution path (benchmark in README.md); the function is the same.
         x = nn.Dense(width, use_bias=use_bias, kernel_init=self.kernel_init, name=name,
-                     **matmul_options(self.dtype))(x)
+                     **layer_options(self.dtype))(x)
       x = normalise(x, self.norm, train=train, axis_name=self.axis_name,
                     name=f"{name}_bn")
       if self.relu_on_last or not is_last:
@@ -251,9 +249,9 @@ class NIN(nn.Module):
   fc_hidden: Sequence[int] = ()       # widths of hidden dense layers in the FC heads (ReLU)
   relu_on_class_maps: bool = True     # the paper's choice; see MLPConv
   init_stddev: float = 0.05           # the authors' N(0, 0.05^2); biases start at 0
-  # Mixed precision (DTYPES): "bfloat16" feeds bfloat16 operands to every convolution and matmul,
-  # which return float32 (matmul_options); parameters (master weights), the elementwise layers
-  # and the logits for the loss stay float32.
+  # Mixed precision (DTYPES): "bfloat16" runs every convolution and matmul, forward and backward,
+  # in bfloat16 (layer_options); parameters (master weights), biases, the layers between
+  # (ReLU, BatchNorm, pools, dropout) and the logits for the loss stay float32.
   dtype: str = "float32"
   norm: str = "none"                  # NORMS; "batch": BatchNorm before each ReLU
   # The device axis over which BatchNorm averages its training statistics: the pmap axis
@@ -294,7 +292,7 @@ class NIN(nn.Module):
         x = nn.Dropout(0.5, deterministic=not train)(x)
       is_last = i == len(self.fc_hidden)
       x = nn.Dense(width, use_bias=is_last or self.norm == "none", kernel_init=init,
-                   name="classifier" if is_last else f"fc{i + 1}", **matmul_options(self.dtype))(x)
+                   name="classifier" if is_last else f"fc{i + 1}", **layer_options(self.dtype))(x)
       if not is_last:
         x = normalise(x, self.norm, train=train, axis_name=self.axis_name, name=f"fc{i + 1}_bn")
         x = nn.relu(x)

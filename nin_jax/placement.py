@@ -49,7 +49,8 @@ def cpu_bfloat16_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...] | None
 
 def native_bfloat16(platform: str) -> bool | None:
   """Whether devices of `platform` ("cpu", "gpu", "tpu") compute in bfloat16 natively: True on
-  TPU and GPU, on CPU whether it has a CPU_BFLOAT16_FLAGS flag (None: unknown)."""
+  TPU and GPU (GPUs before NVIDIA's Ampere generation, V100 and T4, emulate it: not checked),
+  on CPU whether it has a CPU_BFLOAT16_FLAGS flag (None: unknown)."""
   if platform != "cpu":
     return True
   flags = cpu_bfloat16_flags()
