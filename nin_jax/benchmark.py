@@ -368,6 +368,9 @@ def main(argv):
     raise app.UsageError(f"--dtypes={','.join(flags.FLAGS.dtypes)}: choose from "
                          f"{','.join(models.DTYPES)}")
   platform = jax.devices()[0].platform
+  if flags.FLAGS.batch is not None and flags.FLAGS.batch < 1:
+    raise app.UsageError(f"--batch={flags.FLAGS.batch}: give a positive global batch, or leave it "
+                         "out for each model's own")
   for name in flags.FLAGS.models:
     if name not in SETUPS:
       raise app.UsageError(f"--models: unknown model {name!r}; choose from {','.join(SETUPS)}")
@@ -375,10 +378,9 @@ def main(argv):
     per_device, micro = batch // jax.local_device_count(), flags.FLAGS.microbatch_size
     if micro is None:
       micro = SETUPS[name][5] if platform == "cpu" else 0
-    if (flags.FLAGS.batch is not None and flags.FLAGS.batch < 1) or (
-        per_device * jax.local_device_count() != batch) or (micro and per_device % micro):
+    if per_device * jax.local_device_count() != batch or (micro and per_device % micro):
       raise app.UsageError(
-          f"--batch={batch} for {name}: it must be positive and divide by the "
+          f"--batch={batch} for {name}: it must divide by the "
           f"{jax.local_device_count()} devices, and the per-device batch {per_device} by the "
           f"micro-batch {micro} (--microbatch_size=0 turns micro-batches off)")
   peaks = {dtype: matmul_peak_flops(dtype=dtype) for dtype in flags.FLAGS.dtypes}
