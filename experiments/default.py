@@ -57,7 +57,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # --- Data (nin_jax/data.py) -------------------------------------------------------------------
-  config.dataset = "cifar10"  # cifar10 | cifar100 | svhn_cropped | mnist | digits | npz | synthetic
+  # cifar10 | cifar100 | svhn_cropped | mnist | digits | npz | synthetic, loaded into memory;
+  # imagenet2012 | imagenette | imagenet_resized/32x32 | imagenet_resized/64x64, streamed
+  config.dataset = "cifar10"
   config.data_dir = config_dict.placeholder(str)  # TFDS data_dir; gs://... works on Cloud TPU
   config.download = False     # let TFDS download when the data is missing (needs internet)
   config.npz_path = ""        # for dataset=npz: x_train, y_train, x_test, y_test
@@ -70,6 +72,16 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   # training split (NIN_REFERENCE.md, CIFAR-10 recipe). 'mean_std' is per-channel standardising.
   config.preprocess = "gcn_zca"
   config.augment = ml_collections.ConfigDict(dict(crop_padding=0, flip=False))  # none: 10.41%
+  # The streamed datasets (imagenet2012, imagenette, imagenet_resized/*: nin_jax/streaming.py),
+  # decoded and cropped on the host to image_size x image_size; augment.flip flips them.
+  # crop: "random_resized" (Inception's: min_area..100% of the image, aspect 3/4..4/3) or
+  # "resize_crop" (the Caffe recipe: the image warped to image_size / eval_crop_fraction square,
+  # then a random image_size crop). Evaluation: the centre image_size of the image resized to
+  # image_size / eval_crop_fraction on its shorter side (224 of 256). shuffle_buffer: undecoded
+  # records per data part (~110 KB each for ImageNet: 0.5 GB of host memory at 4,096).
+  config.streaming = ml_collections.ConfigDict(dict(
+      image_size=224, crop="random_resized", min_area=0.08, eval_crop_fraction=0.875,
+      shuffle_buffer=4096))
   # Training examples held out for validation (stratified by class, the same for every run), before
   # any preprocessing is fitted; evaluated beside the test set. The paper tuned its settings on
   # 10,000 of CIFAR-10's 50,000 training images (section 4.2, as the maxout paper did; not in

@@ -24,6 +24,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import threading
 import zipfile
 
@@ -39,7 +40,10 @@ from nin_jax.errors import ConfigError, DataError
 TFDS_IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
                      "svhn_cropped": (32, 32, 3), "mnist": (28, 28, 1)}
 TFDS_DATASETS = tuple(TFDS_IMAGE_SHAPES)
-SOURCES = TFDS_DATASETS + ("digits", "npz", "synthetic")
+# Streamed from their files as training goes, not loaded: nin_jax/streaming.py.
+STREAMING_DATASETS = ("imagenet2012", "imagenette", "imagenet_resized/32x32",
+                      "imagenet_resized/64x64")
+SOURCES = TFDS_DATASETS + STREAMING_DATASETS + ("digits", "npz", "synthetic")
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -57,6 +61,23 @@ class Dataset:
   x_validation: np.ndarray | None = None
   y_validation: np.ndarray | None = None
   num_validation_examples: int = 0  # over all hosts
+
+  @property
+  def image_shape(self):
+    return self.x_train.shape[1:]
+
+  def num_local(self, split: str) -> int:
+    """This host's examples of `split` ("train", "validation", "test")."""
+    return len({"train": self.x_train, "validation": self.x_validation,
+                "test": self.x_test}[split])
+
+  def eval_batches(self, split: str, batch_size: int, placement: Placement):
+    """`eval_indices` batches over this host's examples of `split`, of batch_size / hosts."""
+    per_host = batch_size // placement.process_count
+    total = self.num_test_examples if split == "test" else self.num_validation_examples
+    return eval_indices(self.num_local(split), per_host,
+                        math.ceil(math.ceil(total / placement.process_count) / per_host),
+                        len(placement.local_devices))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -91,6 +112,8 @@ def image_shape(config):
     return (8, 8, 1)
   if config.dataset == "synthetic":
     return tuple(config.synthetic.image_shape)
+  if config.dataset in STREAMING_DATASETS:  # decoded and cropped to this size
+    return (config.streaming.image_size, config.streaming.image_size, 3)
   if config.dataset == "npz":
     try:  # the .npy header inside the zip: the shape without reading the pixels
       with zipfile.ZipFile(config.npz_path) as archive, archive.open("x_train.npy") as f:
@@ -103,8 +126,11 @@ def image_shape(config):
   return None
 
 
-def load_tfds(name, data_dir, download, placement=None):
-  import tensorflow_datasets as tfds  # heavy, and only this source needs it
+def tfds_builder(name, data_dir, download):
+  """The TFDS builder of dataset `name`, prepared in `data_dir` (downloaded first when `download`
+  allows). Raises DataError (one line: the dataset, the data_dir and the fixes) when data_dir does
+  not exist or the dataset is not prepared there."""
+  import tensorflow_datasets as tfds  # heavy, and only the TFDS sources need it
 
   files.check_reachable(data_dir, "--config.data_dir")
   if data_dir and not _exists(data_dir):
@@ -126,7 +152,14 @@ def load_tfds(name, data_dir, download, placement=None):
                       f"{str(builder.data_dir_root)!r} ({type(e).__name__}: {e}). Prepare it on a "
                       "machine with internet and copy data_dir here, or use "
                       "--config.dataset=digits.") from None
+  return builder
 
+
+def load_tfds(name, data_dir, download, placement=None):
+  """This host's shard of the TFDS dataset `name` (data_dir, download: `tfds_builder`), whole
+  splits in memory."""
+  import tensorflow_datasets as tfds
+  builder = tfds_builder(name, data_dir, download)
   splits = builder.info.splits
 
   def split(part):  # this host's share of the split only
@@ -337,6 +370,9 @@ def load_dataset(config, placement: Placement | None = None) -> Dataset:
   (default: every host). The runs of a sweep share it: the last one loaded is kept, keyed by
   `DATA_FIELDS`, and threads that ask for it together load it once."""
   placement = placement or Placement.everywhere()
+  if config.dataset in STREAMING_DATASETS:  # opened, not loaded: nothing to keep
+    from nin_jax import streaming
+    return streaming.open_dataset(config, placement)
   key = json.dumps([config.to_dict().get(k) for k in DATA_FIELDS] + [
       placement.process_index, placement.process_count], default=str)
   with _loading:

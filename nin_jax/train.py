@@ -28,7 +28,7 @@ import optax
 from etils import epath
 from jax import lax
 
-from nin_jax import checkpointing, data, files, metrics, models, provenance, validation
+from nin_jax import checkpointing, data, files, metrics, models, provenance, streaming, validation
 from nin_jax import workdir as run_workdir
 from nin_jax.errors import ConfigError, NonFiniteLossError, TrainingStuckError
 from nin_jax.placement import AXIS, CPU_BFLOAT16_FLAGS, Placement, native_bfloat16
@@ -155,10 +155,12 @@ def cross_entropy(logits, labels):
 
 def train_step(state, dataset, batch, *, model, tx, learning_rate_fn, augment_config,
                microbatch_size=0):
-  """One SGD step on the examples `batch["index"]` of `dataset` (the device-resident
-  {"image": float32 NHWC, "label": int32}); returns (state, metrics). The indices are int32
-  [per_device], or the whole epoch's [steps_per_epoch, per_device] (data.epoch_indices), of which
-  the step takes row `state.step % steps_per_epoch`.
+  """One SGD step; returns (state, metrics). In-memory sources: the examples `batch["index"]` of
+  `dataset` (the device-resident {"image": float32 NHWC, "label": int32}), gathered and augmented
+  here; the indices are int32 [per_device], or the whole epoch's [steps_per_epoch, per_device]
+  (data.epoch_indices), of which the step takes row `state.step % steps_per_epoch`. Streamed
+  sources: `batch` holds the host-augmented {"image": float32 [per_device, H, W, C], "label"} and
+  `dataset` is empty.
 
   Across devices: the gradients and metrics are averaged (pmean). With model.norm="batch",
   BatchNorm averages its batch statistics over the devices too (the model's axis_name is AXIS),
@@ -168,14 +170,18 @@ def train_step(state, dataset, batch, *, model, tx, learning_rate_fn, augment_co
   step_rng = jax.random.fold_in(state.rng, state.step)
   augment_rng, dropout_rng = jax.random.split(step_rng)
   device = lax.axis_index(AXIS)
-  index = batch["index"]
-  if index.ndim == 2:
-    index = lax.dynamic_index_in_dim(index, state.step % index.shape[0], keepdims=False)
-  per_device = index.shape[0]
-  labels = jnp.take(dataset["label"], index, axis=0)
-  images = data.augment(augment_rng, jnp.take(dataset["image"], index, axis=0),
-                        device * per_device + jnp.arange(per_device),
-                        augment_config.crop_padding, augment_config.flip)
+  if "index" in batch:  # in-memory source
+    index = batch["index"]
+    if index.ndim == 2:
+      index = lax.dynamic_index_in_dim(index, state.step % index.shape[0], keepdims=False)
+    per_device = index.shape[0]
+    labels = jnp.take(dataset["label"], index, axis=0)
+    images = data.augment(augment_rng, jnp.take(dataset["image"], index, axis=0),
+                          device * per_device + jnp.arange(per_device),
+                          augment_config.crop_padding, augment_config.flip)
+  else:  # streamed: augmented on the host (nin_jax/streaming.py)
+    images, labels = batch["image"], batch["label"]
+    per_device = labels.shape[0]
   # Dropout masks differ per device and per step.
   dropout_rng = jax.random.fold_in(dropout_rng, device)
 
@@ -224,31 +230,31 @@ def train_step(state, dataset, batch, *, model, tx, learning_rate_fn, augment_co
 
 
 def eval_step(model_variables, dataset, batch, *, model):
-  """Sums over the examples `batch["index"]` of `dataset` where `batch["mask"]` is 1.
+  """Sums over the examples of `batch` where `batch["mask"]` is 1: `batch["index"]` of `dataset`
+  (in-memory sources), or `batch["image"]` and `batch["label"]` (streamed, `dataset` empty).
   `model_variables`: `variables(state)`, params and model state (BatchNorm's running averages:
   an example's logits do not depend on the others in its batch)."""
-  labels = jnp.take(dataset["label"], batch["index"], axis=0)
-  logits = model.apply(model_variables, jnp.take(dataset["image"], batch["index"], axis=0),
-                       train=False)
+  if "index" in batch:
+    images = jnp.take(dataset["image"], batch["index"], axis=0)
+    labels = jnp.take(dataset["label"], batch["index"], axis=0)
+  else:
+    images, labels = batch["image"], batch["label"]
+  logits = model.apply(model_variables, images, train=False)
   mask = batch["mask"]
   return lax.psum({"correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
                    "loss": jnp.sum(cross_entropy(logits, labels) * mask),
                    "count": jnp.sum(mask)}, AXIS)
 
 
-def evaluate(p_eval_step, model_variables, split_data, num_local, num_total, batch_size,
+def evaluate(p_eval_step, model_variables, split_data, batches, num_total,
              placement: Placement):
   """Accuracy and loss (mean cross-entropy) of `model_variables` (`variables(state)`: params and
-  model state) over one split: `split_data` ({"image", "label"} on the devices) holds this host's
-  `num_local` examples of the split's `num_total` over all hosts. Returns {"accuracy": float
-  in [0, 1], "loss": float}."""
-  per_host = batch_size // placement.process_count
-  shard_size = math.ceil(num_total / placement.process_count)
-  batches = data.eval_indices(num_local, per_host, math.ceil(shard_size / per_host),
-                              len(placement.local_devices))
+  model state) over one split of `num_total` examples over all hosts: `batches` (this host's,
+  `dataset.eval_batches`), of examples in `split_data` ({"image", "label"} on the devices; {}
+  for a streamed dataset). Returns {"accuracy": float in [0, 1], "loss": float}."""
   totals = None
-  for batch in batches:
-    sums = p_eval_step(model_variables, split_data, placement.shard(batch))
+  for batch in streaming.ahead(map(placement.shard, batches)):  # put on the devices ahead
+    sums = p_eval_step(model_variables, split_data, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = jax.device_get(totals)
   assert int(totals["count"]) == num_total, totals  # each example once
@@ -263,12 +269,13 @@ def evaluate_splits(p_eval_step, model_variables, device_data, dataset, batch_si
                     placement: Placement) -> dict[str, dict]:
   """`evaluate` on the test split and, when the run holds one out, the validation split:
   {"test": {"accuracy", "loss"}, ["validation": {...}]}."""
-  splits = {"test": (len(dataset.x_test), dataset.num_test_examples)}
+  splits = {"test": dataset.num_test_examples}
   if dataset.num_validation_examples:
-    splits["validation"] = (len(dataset.x_validation), dataset.num_validation_examples)
-  return {split: evaluate(p_eval_step, model_variables, device_data[split], num_local,
-                          num_total, batch_size, placement)
-          for split, (num_local, num_total) in splits.items()}
+    splits["validation"] = dataset.num_validation_examples
+  return {split: evaluate(p_eval_step, model_variables, device_data[split],
+                          dataset.eval_batches(split, batch_size, placement), num_total,
+                          placement)
+          for split, num_total in splits.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -323,7 +330,9 @@ def put_dataset(dataset, placement: Placement, name: str):
   other dataset are dropped. Raises DataError (one line) when they do not fit a device's free
   memory.
   Size: the preprocessed float32 images, e.g. 614 MiB for CIFAR-10 (60,000 x 32 x 32 x 3 x 4 B),
-  0.4 MiB for the digits."""
+  0.4 MiB for the digits. A streamed dataset has nothing on the devices: {} for each split."""
+  if isinstance(dataset, streaming.StreamingDataset):
+    return {"train": {}, "test": {}, "validation": {}}
   key = (id(dataset), placement)
   with _shared_lock:
     if key not in _on_device:
@@ -448,11 +457,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                       f"{steps_per_epoch} per epoch; train for at least {1 / steps_per_epoch:.3g} "
                       "epochs")
   info("Data: %s, %d train, %d validation and %d test examples on this host; %d steps/epoch, "
-       "%d steps", config.dataset, len(dataset.x_train), dataset.num_validation_examples and
-       len(dataset.x_validation), len(dataset.x_test), steps_per_epoch, total_steps)
+       "%d steps", config.dataset, *(dataset.num_local(split) for split in
+                                     ("train", "validation", "test")),
+       steps_per_epoch, total_steps)
   model = create_model(config, dataset.num_classes)
-  if data.image_shape(config) != dataset.x_train.shape[1:]:  # validate() could not know them
-    validation.check_model_fits(model, dataset.x_train.shape[1:], config)
+  image_shape = tuple(dataset.image_shape)
+  if data.image_shape(config) != image_shape:  # validate() could not know them
+    validation.check_model_fits(model, image_shape, config)
   learning_rate_fn = create_learning_rate_fn(config.optimizer, steps_per_epoch, total_steps)
   device_data = put_dataset(dataset, placement, config.dataset)
 
@@ -469,7 +480,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   init_rng, train_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   key = (program_key(config), dataset.num_classes, steps_per_epoch, placement)
   init = shared(("init", key), lambda: jax.jit(functools.partial(model.init, train=False)))
-  model_variables = init(init_rng, jnp.zeros((1, *dataset.x_train.shape[1:])))
+  model_variables = init(init_rng, jnp.zeros((1, *image_shape)))
   num_params = count_params(model_variables["params"])  # trained parameters; not batch_stats
   tx = create_optimizer(config.optimizer, model_variables["params"], learning_rate_fn)
   state = create_train_state(model_variables, tx, train_rng)
@@ -493,23 +504,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   last_step = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
   last_step = max(first_step, last_step)  # a finished run relaunched: nothing left to do
 
-  def epoch_table(step):  # this epoch's indices, on the devices
-    return placement.shard(data.epoch_indices(dataset, step // steps_per_epoch, config.batch_size,
-                                              config.seed, num_local_devices, parts, placement))
+  def train_batches(first, last):  # what each step takes, on the devices
+    if isinstance(dataset, streaming.StreamingDataset):  # a batch of images a step, put ahead
+      yield from streaming.ahead(map(placement.shard, dataset.train_batches(first, last, parts)))
+      return
+    for step in range(first, last):  # the epoch's indices, put once an epoch
+      if step == first or step % steps_per_epoch == 0:
+        table = placement.shard(data.epoch_indices(
+            dataset, step // steps_per_epoch, config.batch_size, config.seed, num_local_devices,
+            parts, placement))
+      yield table
 
   # --- The loop --------------------------------------------------------------------------------
   guard = LossGuard(dataset.num_classes, config.stuck_loss_steps, config.stuck_loss_tolerance)
   pending, window_start, window_time = [], first_step, time.time()
   evaluation, evaluated_step, throughputs = None, None, []
-  table = epoch_table(first_step) if first_step < last_step else None
+  batches = train_batches(first_step, last_step)
   # On any exit, finish the checkpoint writes in flight: a stopped run keeps its last good state.
   with (_finishing(manager),
         _progress_bar(first_step, total_steps, disable=not (is_chief and progress_bar)) as progress,
         metrics.MetricsWriter(workdir, first_step, enabled=is_chief) as writer):
-    for step in range(first_step, last_step):
-      if step % steps_per_epoch == 0 and step != first_step:
-        table = epoch_table(step)
-      state, step_metrics = p_train_step(state, device_data["train"], table)
+    for step, batch in zip(range(first_step, last_step), batches):
+      state, step_metrics = p_train_step(state, device_data["train"], batch)
       pending.append(step_metrics)
       if stop is not None and stop.is_set():  # another run of the sweep failed: this step is
         last_step = step + 1                  # the last, checked and logged before its checkpoint
@@ -556,7 +572,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              "validation_loss": held_out and held_out["loss"],
              "wall_time_s": round(time.time() - start_time, 1),
              "flops_per_image": shared(("flops", key), lambda: flops_per_image(
-                 model, variables(state), dataset.x_train.shape[1:])),
+                 model, variables(state), image_shape)),
              # the first window of a process includes compilation: leave it out where we can
              "train_images_per_s": float(np.median(throughputs[1:] or throughputs or [0.0])),
              "steps_per_epoch": steps_per_epoch, "devices": placement.num_devices,

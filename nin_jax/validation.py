@@ -103,6 +103,8 @@ def validate(config, num_devices: int | None = None):
     shape = tuple(config.synthetic.image_shape)
     _require(len(shape) == 3 and min(shape) > 0,
              f"--config.synthetic.image_shape={shape} must be (height, width, channels) > 0")
+  if config.dataset in data.STREAMING_DATASETS:
+    _streaming(config)
   devices = num_devices or jax.device_count()
   for key in ("batch_size", "eval_batch_size"):
     _require(_get(config, key) % devices == 0,
@@ -117,6 +119,23 @@ def validate(config, num_devices: int | None = None):
            f"--config.microbatch_size={config.microbatch_size} does not divide the per-device "
            f"batch of {per_device} ({config.batch_size} over {devices} devices); use a divisor "
            f"of {per_device}, or 0 for the whole batch at once")
+
+
+def _streaming(config):
+  """What a streamed dataset (nin_jax/streaming.py) can and cannot do."""
+  from nin_jax import streaming
+  _choice(config, "streaming.crop", streaming.CROPS)
+  _positive(config, "streaming.image_size", "streaming.shuffle_buffer")
+  for key in ("streaming.min_area", "streaming.eval_crop_fraction"):
+    _require(0 < _get(config, key) <= 1, f"--config.{key}={_get(config, key)} must be in (0, 1]")
+  _require(config.preprocess == "mean_std",
+           f"--config.preprocess={config.preprocess} needs the whole training split in memory; "
+           f"{config.dataset} is streamed and normalised with ImageNet's per-channel mean and "
+           "std: use --config.preprocess=mean_std")
+  _require(not config.augment.crop_padding,
+           f"--config.augment.crop_padding={config.augment.crop_padding} is the in-memory "
+           f"sources' shift; {config.dataset} is cropped by --config.streaming.crop "
+           "(random_resized or resize_crop): set --config.augment.crop_padding=0")
 
 
 def _model(config):
