@@ -1,0 +1,205 @@
+"""The streamed datasets (nin_jax/streaming.py) on a stand-in imagenette that the tests write in
+TFDS's on-disk format: JPEGs of varying sizes, grayscale and CMYK ones among them, read through
+tfds.builder as a user's real data would be."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import final_params, flatten, run_launch
+
+from experiments import default
+from nin_jax import data, local_tfds, train
+from nin_jax.errors import ConfigError, DataError
+from nin_jax.placement import Placement
+
+NUM_TRAIN, NUM_TEST = 48, 21
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("tfds")
+  local_tfds.write(path, "imagenette", num_train=NUM_TRAIN, num_test=NUM_TEST)
+  return path
+
+
+def imagenette_config(data_dir, **fields):
+  """A short run on the stand-in: 16 x 16 crops, the small digits network, batch 8."""
+  config = default.get_config("")
+  config.dataset, config.data_dir, config.preprocess = "imagenette", str(data_dir), "mean_std"
+  config.streaming.image_size = 16
+  config.augment.flip = True
+  config.model.preset = "nin_digits"
+  config.model.init_stddev = 0.1
+  config.batch_size = config.eval_batch_size = 8
+  config.num_epochs = 2.0  # 6 steps an epoch
+  config.log_every_steps = config.checkpoint_every_steps = 4
+  config.eval_every_steps = 0
+  for key, value in fields.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def split_labels(data_dir, split):
+  import tensorflow_datasets as tfds
+  builder = tfds.builder("imagenette", data_dir=str(data_dir))
+  return sorted(int(r["label"]) for r in tfds.as_numpy(builder.as_dataset(
+      split=split, decoders={"image": tfds.decode.SkipDecoding()})))
+
+
+def test_training_batches_shapes_labels_and_crops(data_dir):
+  dataset = data.load_dataset(imagenette_config(data_dir))
+  assert (dataset.num_train_examples, dataset.num_test_examples, dataset.num_classes) == (
+      NUM_TRAIN, NUM_TEST, 10)
+  batches = list(dataset.train_batches(0, 12, parts=2))  # two epochs of 6 steps
+  for batch in batches:
+    assert batch["image"].shape == (4, 2, 16, 16, 3) and batch["image"].dtype == np.float32
+    assert batch["label"].shape == (4, 2) and batch["label"].dtype == np.int32
+    assert np.all(np.isfinite(batch["image"]))
+  # An epoch visits every training example once (48 = 6 steps of 8): its labels are the split's.
+  for epoch in (0, 1):
+    labels = np.concatenate([b["label"].ravel() for b in batches[6 * epoch:6 * epoch + 6]])
+    assert sorted(labels.tolist()) == split_labels(data_dir, "train")
+  # Epochs differ in order and crops; pixels stay the 0..255 of a JPEG, normalised.
+  assert not np.array_equal(batches[0]["image"], batches[6]["image"])
+  pixels = np.concatenate([b["image"] for b in batches]).reshape(-1, 3)
+  raw = pixels * np.array([0.229, 0.224, 0.225]) * 255 + np.array([0.485, 0.456, 0.406]) * 255
+  assert raw.min() >= -1e-3 and raw.max() <= 255 + 1e-3
+
+
+def test_a_step_is_a_function_of_seed_and_step(data_dir):
+  dataset = data.load_dataset(imagenette_config(data_dir))
+  straight = list(dataset.train_batches(0, 14, parts=2))
+  resumed = list(dataset.train_batches(7, 14, parts=2))  # mid-epoch 1, as after a restart
+  for a, b in zip(straight[7:], resumed, strict=True):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+  other_seed = data.load_dataset(imagenette_config(data_dir, seed=1))
+  assert not np.array_equal(next(other_seed.train_batches(0, 1, 2))["label"],
+                            straight[0]["label"])
+
+
+def test_two_hosts_feed_what_one_host_feeds_with_the_same_parts(data_dir):
+  config = imagenette_config(data_dir)
+  def host_batches(process_index, process_count):
+    dataset = data.load_dataset(config, Placement(None, process_index, process_count))
+    return [{k: v.reshape(-1, *v.shape[2:]) for k, v in b.items()}
+            for b in dataset.train_batches(0, 8, parts=2)]
+  one = host_batches(0, 1)
+  hosts = [host_batches(0, 2), host_batches(1, 2)]
+  for step, batch in enumerate(one):
+    for key in ("image", "label"):  # host h's share is the global batch's h-th half
+      np.testing.assert_array_equal(batch[key][:8], np.concatenate(
+          [hosts[0][step][key][:4], hosts[1][step][key][:4]]), err_msg=f"{key}, step {step}")
+
+
+@pytest.mark.parametrize("hosts", [1, 2])
+def test_evaluation_counts_every_example_once(data_dir, hosts):
+  config = imagenette_config(data_dir)
+  labels, counts = [], []
+  for host in range(hosts):
+    placement = Placement(None, host, hosts)
+    batches = list(data.load_dataset(config, placement).eval_batches("test", 8, placement))
+    counts.append(len(batches))
+    for batch in batches:
+      assert batch["image"].shape == (4, 8 // hosts // 4, 16, 16, 3)
+      labels += batch["label"].ravel()[batch["mask"].ravel() > 0].tolist()
+  assert len(set(counts)) == 1  # every host the same number of batches
+  assert sorted(labels) == split_labels(data_dir, "validation")
+
+
+def test_grayscale_and_cmyk_jpegs_decode_to_rgb(data_dir):
+  config = imagenette_config(data_dir)
+  placement = Placement.everywhere()
+  images = np.concatenate([b["image"].reshape(-1, 16, 16, 3)[b["mask"].ravel() > 0]
+                           for b in data.load_dataset(config).eval_batches("test", 8, placement)])
+  raw = images * np.array([0.229, 0.224, 0.225]) * 255 + np.array([0.485, 0.456, 0.406]) * 255
+  gray = np.all(np.abs(raw - raw[..., :1]) < 1e-2, axis=(1, 2, 3))
+  # local_tfds cycles RGB, L, CMYK: 7 of the 21 are grayscale; CMYK ones decode to colour
+  assert gray.sum() == 7, gray
+  assert len(images) == NUM_TEST
+
+
+def test_resumed_run_equals_uninterrupted_run(data_dir, tmp_path):
+  config = imagenette_config(data_dir)
+  straight = train.train_and_evaluate(config, tmp_path / "straight", progress_bar=False)
+  first = train.train_and_evaluate(config, tmp_path / "resumed", stop_at_step=5,
+                                   progress_bar=False)
+  assert first["step"] == 5
+  second = train.train_and_evaluate(config, tmp_path / "resumed", progress_bar=False)
+  assert second["step"] == straight["step"] == 12 and second["finished"]
+  a, b = flatten(final_params(tmp_path / "straight")), flatten(final_params(tmp_path / "resumed"))
+  for name in a:
+    np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+  assert second["test_accuracy"] == straight["test_accuracy"]
+  assert second["test_loss"] == straight["test_loss"]
+
+
+def test_held_out_validation_is_the_tail_of_the_training_split(data_dir, tmp_path):
+  config = imagenette_config(data_dir, validation_examples=8)
+  dataset = data.load_dataset(config)
+  assert dataset.num_train_examples == 40 and dataset.num_validation_examples == 8
+  placement = Placement.everywhere()
+  held_out = [l for b in dataset.eval_batches("validation", 8, placement)
+              for l, m in zip(b["label"].ravel(), b["mask"].ravel()) if m]
+  assert sorted(held_out) == split_labels(data_dir, "train[40:48]")
+  summary = train.train_and_evaluate(config, tmp_path, progress_bar=False)
+  assert summary["validation_examples"] == 8 and summary["validation_accuracy"] is not None
+
+
+def test_missing_data_is_one_line_with_the_fixes(tmp_path):
+  config = imagenette_config(tmp_path)
+  config.dataset = "imagenet2012"
+  with pytest.raises(DataError) as error:
+    train.train_and_evaluate(config, tmp_path / "run")
+  message = str(error.value)
+  assert "imagenet2012" in message and str(tmp_path) in message and "\n" not in message
+  assert "--config.data_dir" in message
+  assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_a_cut_file_is_one_line(data_dir, tmp_path):
+  copy = tmp_path / "tfds"
+  shutil.copytree(data_dir, copy)
+  [record] = copy.glob("imagenette/*/*/imagenette-train.tfrecord-*")
+  record.write_bytes(record.read_bytes()[:len(record.read_bytes()) // 2])
+  with pytest.raises(DataError, match=r"cannot be read .*prepare it again") as error:
+    train.train_and_evaluate(imagenette_config(copy), tmp_path / "run", progress_bar=False)
+  assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("preprocess", "gcn_zca", "use --config.preprocess=mean_std"),
+    ("augment.crop_padding", 4, "set --config.augment.crop_padding=0"),
+    ("streaming.crop", "centre", "is not one of"),
+    ("streaming.min_area", 0.0, "must be in \\(0, 1\\]"),
+    ("streaming.image_size", 8, "too small|smallest"),
+])
+def test_configs_that_cannot_stream_are_one_line(data_dir, tmp_path, field, value, message):
+  config = imagenette_config(data_dir, **{field: value})
+  if field == "streaming.image_size":
+    config.model.preset = "nin_imagenet"
+  with pytest.raises(ConfigError, match=message):
+    train.train_and_evaluate(config, tmp_path)
+
+
+def test_launch_trains_and_resumes_on_two_hosts_like_one(data_dir, tmp_path):
+  from multihost_test import launch_two_processes
+  args = ["--config=experiments/imagenet.py:imagenette", f"--config.data_dir={data_dir}",
+          "--config.streaming.image_size=16", "--config.model.preset=nin_digits",
+          "--config.batch_size=8", "--config.eval_batch_size=8", "--config.num_epochs=1",
+          "--config.model.dropout=0.0", "--config.data_shards=2", "--config.log_every_steps=2",
+          "--config.checkpoint_every_steps=4", "--config.optimizer.warmup_epochs=0"]
+  launch_two_processes(tmp_path / "two", args)
+  one = run_launch(*args, f"--workdir={tmp_path / 'one'}", devices=4)
+  assert one.returncode == 0, one.stderr[-3000:]
+  a, b = flatten(final_params(tmp_path / "two")), flatten(final_params(tmp_path / "one"))
+  for name in a:
+    np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=2e-5, err_msg=name)
+  summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("two", "one")]
+  assert summaries[0]["test_accuracy"] == summaries[1]["test_accuracy"]
+  assert summaries[0]["step"] == summaries[1]["step"] == 6
