@@ -7,8 +7,9 @@ what NIN_REFERENCE.md gives and what it does not), with the data streamed from T
   Needs imagenet2012 prepared by TFDS in data_dir (README.md, "ImageNet-scale data"). Hardware: a
   Cloud TPU VM (v4-8 or larger) or a GPU host with >= 8 CPU cores a device to decode JPEGs.
   Time: not measured (90 epochs of 1.28 M images at 2.04 GFLOP per image forward by XLA's
-  count, ~6 forward and backward; README.md has the host decode rate this needs). Expected: 59.36% top-1 on the 50,000
-  validation images, the Caffe-zoo model's (NIN_REFERENCE.md); not reproduced by nin-jax yet.
+  count, ~6 forward and backward; README.md has the host decode rate this needs). Expected:
+  59.36% top-1 on the 50,000 validation images, the Caffe-zoo model's (NIN_REFERENCE.md); not
+  reproduced by nin-jax yet.
 
 On imagenette (ImageNet's 10 easy classes, 9,469 training and 3,925 validation photographs;
 tfds.builder("imagenette").download_and_prepare() fetches 1.5 GB):

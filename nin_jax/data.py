@@ -68,8 +68,8 @@ class Dataset:
 
   def num_local(self, split: str) -> int:
     """This host's examples of `split` ("train", "validation", "test")."""
-    return len({"train": self.x_train, "validation": self.x_validation,
-                "test": self.x_test}[split])
+    images = {"train": self.x_train, "validation": self.x_validation, "test": self.x_test}[split]
+    return 0 if images is None else len(images)
 
   def eval_batches(self, split: str, batch_size: int, placement: Placement):
     """`eval_indices` batches over this host's examples of `split`, of batch_size / hosts."""
