@@ -49,7 +49,9 @@ flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after compilatio
 flags.DEFINE_string("out", "benchmark.json", "Where to write the table as JSON.")
 flags.DEFINE_string("peer", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "peer",
                                          "torch_nin.py"), "The PyTorch peer script.")
-flags.DEFINE_list("models", ["cifar", "imagenet"], "Which of cifar, imagenet.")
+flags.DEFINE_list("models", ["cifar", "imagenet", "imagenet_streamed"],
+                  "Which of cifar, imagenet, imagenet_streamed (the 224-pixel NiN fed by the "
+                  "streaming pipeline from JPEGs written for the run).")
 flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes (model.dtype) to time; "
                   "parameters, gradients, optimizer, logits and loss stay float32.")
 flags.DEFINE_integer("batch", None, "Global batch of every model (default: per model, see "
@@ -75,7 +77,16 @@ flags.DEFINE_bool("profile", False, "Also print where the CIFAR step's time goes
 SETUPS = {
     "cifar": ("nin_cifar", 10, 128, (32, 32, 3), "cifar", 16),
     "imagenet": ("nin_imagenet", 1000, 16, (224, 224, 3), "imagenet", 8),
+    "imagenet_streamed": ("nin_imagenet", 1000, 16, (224, 224, 3), "imagenet", 8),
 }
+# Dense bfloat16 peaks of the devices whose input needs the streamed row works out (vendor data
+# sheets): an H200 (989 TFLOP/s; 1,979 is with 2:4 sparsity), a TPU v4 host (4 chips of 275),
+# a TPU v5e host (8 chips of 197).
+ACCELERATOR_PEAKS = {"H200": 989e12, "TPU v4 host (4 chips)": 4 * 275e12,
+                     "TPU v5e host (8 chips)": 8 * 197e12}
+# The share of that peak a well-fed convnet step reaches: an assumption, not a measurement (no
+# accelerator here); the table also gives the bound at 100%.
+ASSUMED_UTILISATION = 0.4
 
 
 def _median_seconds(fn, steps):
@@ -165,6 +176,79 @@ def measure(name, steps, microbatch_size=None, profile=False, dtype="float32", b
           "achieved_gflop_per_s": flops / step_s / 1e9,
           "input_share": max(0.0, (pipeline_s - step_s) / pipeline_s),
           "device_peak_mb": device_memory and device_memory / 2 ** 20, "ops": ops}
+
+
+def measure_streamed(steps, dtype="float32", batch_size=None, microbatch_size=None,
+                     crop="resize_crop"):
+  """The row of the 224-pixel NiN fed by the real streaming pipeline (nin_jax/streaming.py):
+  JPEGs of 300-500 pixels a side written here in TFDS's format (imagenet2012, nin_jax/local_tfds),
+  read, decoded, cropped (`crop`: experiments/imagenet.py's resize_crop by default) and flipped
+  on the host, put on the devices ahead; against the same step on one constant batch.
+
+  Also the host's decode rate alone (the pipeline with no training beside it): images/s."""
+  from experiments import default
+  from nin_jax import local_tfds, streaming
+  preset, classes, default_batch, shape, _, default_microbatch = SETUPS["imagenet_streamed"]
+  batch_size = batch_size or default_batch
+  if microbatch_size is None:
+    microbatch_size = default_microbatch if jax.devices()[0].platform == "cpu" else 0
+  num_images = batch_size * (steps + 3)
+  with tempfile.TemporaryDirectory() as data_dir:
+    local_tfds.write(data_dir, "imagenet2012", num_train=num_images, num_test=1, min_size=300,
+                     max_size=500, modes=("RGB",))
+    jpeg_bytes = sum(os.path.getsize(f) for f in glob.glob(f"{data_dir}/**/*-train.tfrecord*",
+                                                           recursive=True))
+    config = default.get_config("imagenet")
+    config.data_dir, config.batch_size, config.streaming.crop = data_dir, batch_size, crop
+    config.model.dtype, config.microbatch_size = dtype, microbatch_size
+    placement = Placement.everywhere()
+    dataset = data.load_dataset(config, placement)
+
+    start = time.perf_counter()  # the host alone: decode, crop, flip, normalise
+    decoded = sum(b["label"].size for b in dataset.train_batches(0, steps + 3, parts=1))
+    decode_rate = decoded / (time.perf_counter() - start)
+
+    model = train.create_model(config, classes)
+    model_variables = jax.jit(functools.partial(model.init, train=False))(
+        jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
+    learning_rate_fn = lambda step: 0.01  # noqa: E731
+    tx = train.create_optimizer(_optimizer_config(), model_variables["params"], learning_rate_fn)
+    state = train.create_train_state(model_variables, tx, jax.random.PRNGKey(1))
+    p_train_step = placement.map(train.train_step, model=model, tx=tx,
+                                 learning_rate_fn=learning_rate_fn, augment_config=config.augment,
+                                 microbatch_size=microbatch_size)
+    batches = streaming.ahead(map(placement.shard, dataset.train_batches(
+        0, steps + 3, parts=1)))
+    constant = next(batches)
+    start = time.perf_counter()
+    compiled = p_train_step.lower(state, {}, constant).compile()
+    compile_s = time.perf_counter() - start
+    flops = compiled.cost_analysis()["flops"] * jax.local_device_count()
+
+    def run(batch):
+      nonlocal state
+      state, metrics = p_train_step(state, {}, batch)
+      return metrics
+
+    jax.block_until_ready(run(constant))
+    jax.block_until_ready(run(next(batches)))
+    # Interleaved, a constant step then a fed one: a busy machine's drift hits both alike.
+    times = [(_median_seconds(lambda: run(constant), 1),
+              _median_seconds(lambda: run(next(batches)), 1)) for _ in range(steps)]
+    step_s, pipeline_s = np.median(times, axis=0)
+  train_flops_per_image = flops / batch_size
+  needs = {name: {"images_per_s_at_peak": peak / train_flops_per_image,
+                  "images_per_s": ASSUMED_UTILISATION * peak / train_flops_per_image}
+           for name, peak in ACCELERATOR_PEAKS.items()}
+  return {"model": "imagenet_streamed", "dtype": dtype, "preset": preset, "batch": batch_size,
+          "devices": jax.local_device_count(), "platform": jax.devices()[0].platform,
+          "microbatch_size": microbatch_size, "compile_s": compile_s, "step_ms": 1e3 * step_s,
+          "images_per_s": batch_size / pipeline_s, "step_gflop": flops / 1e9,
+          "achieved_gflop_per_s": flops / pipeline_s / 1e9,
+          "input_share": max(0.0, (pipeline_s - step_s) / pipeline_s),
+          "pipeline_step_ms": 1e3 * pipeline_s, "crop": crop, "decode_images_per_s": decode_rate,
+          "jpeg_kb": jpeg_bytes / num_images / 1024, "accelerator_needs": needs,
+          "device_peak_mb": None, "ops": None}
 
 
 def profile_ops(run_step, hlo_text, steps=3):
@@ -387,9 +471,13 @@ def main(argv):
   rows, peers = [], {}
   for name in flags.FLAGS.models:
     for dtype in flags.FLAGS.dtypes:
-      row = measure(name, flags.FLAGS.steps, flags.FLAGS.microbatch_size,
-                    profile=flags.FLAGS.profile and name == "cifar", dtype=dtype,
-                    batch_size=flags.FLAGS.batch)
+      if name == "imagenet_streamed":
+        row = measure_streamed(flags.FLAGS.steps, dtype, flags.FLAGS.batch,
+                               flags.FLAGS.microbatch_size)
+      else:
+        row = measure(name, flags.FLAGS.steps, flags.FLAGS.microbatch_size,
+                      profile=flags.FLAGS.profile and name == "cifar", dtype=dtype,
+                      batch_size=flags.FLAGS.batch)
       row["fraction_of_matmul_peak"] = row["achieved_gflop_per_s"] * 1e9 / peaks[dtype]
       # the peer is PyTorch on this host's CPU: a yardstick for the CPU step only
       peer = (run_peer(flags.FLAGS.peer, name, flags.FLAGS.steps, dtype, flags.FLAGS.batch)
@@ -431,6 +519,26 @@ def main(argv):
           f"| {fmt(r['device_peak_mb'], '{:.0f}')} | {peer_kind} "
           f"| {fmt(r['peer_images_per_s'], '{:.1f}')} | {fmt(r['ratio_vs_peer'], '{:.2f}x')} "
           f"| {fmt(r['ratio_vs_own_float32'], '{:.2f}x')} |")
+  for r in rows:
+    if r["model"] == "imagenet_streamed":
+      cores = os.cpu_count()
+      print(f"\nStreamed input ({r['dtype']}): {r['batch']} JPEGs a step (300-500 px, "
+            f"{r['jpeg_kb']:.0f} KB average; ImageNet's average ~110 KB), crop {r['crop']}; "
+            f"step {r['pipeline_step_ms']:.0f} ms fed by the pipeline against {r['step_ms']:.0f} "
+            f"ms on a constant batch: input share {100 * r['input_share']:.1f}%. The host alone "
+            f"decodes {r['decode_images_per_s']:.0f} images/s on {cores} cores "
+            f"({r['decode_images_per_s'] / cores:.0f} a core).")
+      per_image = r["step_gflop"] / r["batch"]
+      print(f"What a device would need: the step's {per_image:.1f} GFLOP an image (XLA's count, "
+            f"forward and backward) at {100 * ASSUMED_UTILISATION:.0f}% of the device's dense "
+            "bfloat16 peak (an assumption; at 100% in brackets), at batch 256:")
+      print("| device | peak TFLOP/s | images/s needed | steps/s of 256 | cores at this host's "
+            "rate a core |\n|---|---|---|---|---|")
+      for device_name, need in r["accelerator_needs"].items():
+        rate = need["images_per_s"]
+        print(f"| {device_name} | {ACCELERATOR_PEAKS[device_name] / 1e12:.0f} | {rate:,.0f} "
+              f"({need['images_per_s_at_peak']:,.0f}) | {rate / 256:.0f} "
+              f"| {rate / (r['decode_images_per_s'] / cores):,.0f} |")
   for r in rows:
     if "error" in r["peer"]:
       print(f"peer ({r['model']}, {r['dtype']}): {r['peer']['error']}")

@@ -16,8 +16,9 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from nin_jax import checkpointing, data, files, train
+from nin_jax import checkpointing, data, files, streaming, train
 from nin_jax.errors import ConfigError, NinError
+from nin_jax.placement import Placement
 
 # At 2 inches a row, 64 rows is a 14,000-pixel-tall PNG; matplotlib refuses far beyond it.
 flags.DEFINE_integer("num_images", 12, "How many test images (rows).", lower_bound=1,
@@ -47,6 +48,22 @@ def pick_examples(predicted, labels, count):
   return np.sort(np.concatenate([chosen_wrong, right[:count - len(chosen_wrong)]]))
 
 
+def test_examples(dataset, limit=512):
+  """(images float32 NHWC, labels int32) of the test split: all of an in-memory dataset, the
+  first `limit` of a streamed one (nin_jax/streaming.py: decoded and centre-cropped)."""
+  if not isinstance(dataset, streaming.StreamingDataset):
+    return dataset.x_test, dataset.y_test
+  images, labels = [], []
+  placement = Placement.everywhere()
+  for batch in dataset.eval_batches("test", 16 * len(placement.local_devices), placement):
+    real = batch["mask"].ravel() > 0
+    images.append(batch["image"].reshape(-1, *batch["image"].shape[2:])[real])
+    labels.append(batch["label"].ravel()[real])
+    if sum(map(len, labels)) >= limit:
+      break
+  return np.concatenate(images)[:limit], np.concatenate(labels)[:limit]
+
+
 def write_figure(run_dir, num_images, out):
   run_dir = epath.Path(files.resolve(run_dir))
   out = epath.Path(files.resolve(out) or run_dir / "class_activation_maps.png")
@@ -66,22 +83,23 @@ def write_figure(run_dir, num_images, out):
     model_variables = checkpointing.restore_variables(run_dir)
   except FileNotFoundError as e:
     raise ConfigError(str(e)) from None
-  logits, maps = class_maps(model, model_variables, jnp.asarray(dataset.x_test))
+  x_test, y_test = test_examples(dataset)
+  logits, maps = class_maps(model, model_variables, jnp.asarray(x_test))
   predicted = np.argmax(logits, -1)
-  rows = pick_examples(predicted, dataset.y_test, num_images)
+  rows = pick_examples(predicted, y_test, num_images)
 
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   figure, axes = plt.subplots(len(rows), 3, figsize=(6, 2 * len(rows)), squeeze=False)
-  size = dataset.x_test.shape[1:3]
+  size = x_test.shape[1:3]
   for row, index in zip(axes, rows):
-    image = dataset.x_test[index]
+    image = x_test[index]
     image = (image - image.min()) / (np.ptp(image) + 1e-8)
     row[0].imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray")
-    row[0].set_title(f"test #{index}, label {dataset.y_test[index]}", fontsize=8)
+    row[0].set_title(f"test #{index}, label {y_test[index]}", fontsize=8)
     for column, (cls, name) in enumerate([(predicted[index], "predicted"),
-                                          (dataset.y_test[index], "true")], start=1):
+                                          (y_test[index], "true")], start=1):
       row[column].axis("off")
       if column == 2 and cls == predicted[index]:
         row[column].text(0.5, 0.5, "true = predicted", ha="center", va="center", fontsize=8)

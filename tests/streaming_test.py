@@ -9,7 +9,7 @@ import pytest
 from conftest import final_params, flatten, run_launch
 
 from experiments import default
-from nin_jax import data, local_tfds, train
+from nin_jax import cam, data, local_tfds, train
 from nin_jax.errors import ConfigError, DataError
 from nin_jax.placement import Placement
 
@@ -137,6 +137,9 @@ def test_resumed_run_equals_uninterrupted_run(data_dir, tmp_path):
     np.testing.assert_array_equal(a[name], b[name], err_msg=name)
   assert second["test_accuracy"] == straight["test_accuracy"]
   assert second["test_loss"] == straight["test_loss"]
+  # the class activation maps of a streamed run: its first test images, decoded and cropped
+  cam.write_figure(tmp_path / "straight", 4, tmp_path / "maps.png")
+  assert (tmp_path / "maps.png").stat().st_size > 0
 
 
 def test_held_out_validation_is_the_tail_of_the_training_split(data_dir, tmp_path):
