@@ -35,9 +35,8 @@ config_flags.DEFINE_config_file("config", None, "Config file, optionally with a 
 def main(argv):
   del argv
   # TensorFlow only feeds the input pipeline; it must not take GPU/TPU memory from JAX.
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")
-  tf.config.set_visible_devices([], "TPU")
+  from nin_jax import data
+  data.tensorflow()
 
   import jax
   FLAGS = flags.FLAGS
@@ -99,7 +98,7 @@ def parse_flags(argv):
     return remaining
   except AttributeError as e:  # a --config.x.y override that names no field
     if "get_config" in str(e):
-      sys.exit(f"error: the --config file defines no get_config(variant) function; a config "
+      sys.exit("error: the --config file defines no get_config(variant) function; a config "
                "file returns an ml_collections.ConfigDict from it (see experiments/default.py)")
     name, _, hint = _one_line(e).replace("'", "").replace('"', '').partition(" Did you mean")
     sys.exit(f"error: --config has no field {name!r}" + (f"; did you mean{hint}" if hint else ""))

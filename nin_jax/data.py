@@ -126,10 +126,25 @@ def image_shape(config):
   return None
 
 
+@functools.cache
+def tensorflow():
+  """TensorFlow, which feeds the input pipeline only, hidden from accelerators: their memory is
+  JAX's (launch.py calls this first; the benchmark, nin_jax.cam and direct callers get it too).
+  tensorflow-cpu sees none anyway; a full tensorflow install would take GPU memory."""
+  import tensorflow as tf
+  try:
+    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "TPU")
+  except (RuntimeError, ValueError):  # TF already initialised its devices, or has no such kind
+    pass
+  return tf
+
+
 def tfds_builder(name, data_dir, download):
   """The TFDS builder of dataset `name`, prepared in `data_dir` (downloaded first when `download`
   allows). Raises DataError (one line: the dataset, the data_dir and the fixes) when data_dir does
   not exist or the dataset is not prepared there."""
+  tensorflow()  # before TFDS imports it
   import tensorflow_datasets as tfds  # heavy, and only the TFDS sources need it
 
   files.check_reachable(data_dir, "--config.data_dir")

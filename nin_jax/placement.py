@@ -131,14 +131,14 @@ class Placement:
       free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
       where = f"{device.platform} device {device.id}"
     else:
-      free = _host_available_bytes()
+      free = host_available_bytes()
       where = "host memory"
     if free is not None and num_bytes > free:
       raise DataError(f"{what} needs {num_bytes / 2**20:,.0f} MiB on each device but {where} has "
                       f"{free / 2**20:,.0f} MiB free; {fix}")
 
 
-def _host_available_bytes():
+def host_available_bytes():
   try:
     with open("/proc/meminfo") as f:
       for line in f:

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import jax
 
-PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy")
+# tensorflow(-cpu) and tensorflow-datasets: the streamed datasets' order is theirs (tf.data).
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "tensorflow-cpu",
+            "tensorflow-datasets")
 _GIT_TIMEOUT_S = 5
 # GIT_DIR and friends would point git at another repository than the code's.
 _GIT_ENV_OVERRIDES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_CEILING_DIRECTORIES")

@@ -20,20 +20,26 @@ hosts with the same `data_shards`:
   * each example's crop and flip come from stateless random ops seeded by (seed, step, position
     in the global batch), never from thread timing;
   * a resumed run rebuilds epoch e's stream and skips the records before its step: they are read
-    but not decoded (README.md, "ImageNet-scale data", for what that costs).
+    but not decoded (README.md, "ImageNet-scale data", for what that costs);
+  * TensorFlow's global seed (tf.random.set_seed, which anything in the process may call) is
+    pinned to TF's default while a stream is built: tf.data pairs it with every op seed
+    (tensorflow/tensorflow#26179), and a set one changed every step's examples.
 
 Evaluation: host h reads its contiguous range of the split (data.host_range), resized and
 centre-cropped; batches are padded and masked so every example counts exactly once.
 """
 import collections
+import contextlib
 import dataclasses
+import logging
 import math
+import threading
 
 import numpy as np
 
 from nin_jax import data, files
 from nin_jax.errors import DataError
-from nin_jax.placement import Placement
+from nin_jax.placement import Placement, host_available_bytes
 
 # The datasets streamed: data.STREAMING_DATASETS. TFDS's `validation` split serves as the test set:
 # ImageNet's test labels are not public, and the papers (NIN_REFERENCE.md's 59.36% top-1 too)
@@ -83,53 +89,84 @@ class StreamingDataset:
     line) when a file cannot be read."""
     steps = data.steps_per_epoch(self.num_train_examples, self.config.batch_size, parts)
     num_devices = len(self.placement.local_devices)
+    self._check_buffers_fit(parts)
     epoch, index = divmod(first_step, steps)
+    if index:
+      logging.info("Resuming at step %d, %d steps into epoch %d: reading (not decoding) the %d "
+                   "records before it on this host first", first_step, index, epoch,
+                   index * self.config.batch_size // self.placement.process_count)
+    # The next epoch's stream starts (filling its shuffle buffer, a few seconds' reading) this
+    # many steps before this one ends: two buffers in memory only for the last 10% of an epoch.
+    warm_up = max(2, steps // 10)
     step, upcoming = first_step, None
     while step < last_step:
       current = upcoming or self._epoch(epoch, index, parts, steps)
       upcoming = None
       for batch in _readable(current, self.builder):
-        if upcoming is None and (epoch + 1) * steps < last_step:
-          # the next epoch's stream fills its shuffle buffer while this one is read
-          upcoming = self._epoch(epoch + 1, 0, parts, steps)
         yield {k: v.reshape(num_devices, -1, *v.shape[1:]) for k, v in batch.items()}
         step += 1
         if step == last_step:
           return
+        if upcoming is None and step >= (epoch + 1) * steps - warm_up:
+          upcoming = self._epoch(epoch + 1, 0, parts, steps)
+      if step != (epoch + 1) * steps:  # the files held fewer records than TFDS's info says
+        raise DataError(f"TFDS dataset {self.builder.name!r} in {str(self.builder.data_dir)!r} "
+                        f"ran out of training records at step {step} of epoch {epoch} (expected "
+                        f"{steps} steps): its files hold fewer than dataset_info.json counts; "
+                        "prepare it again or copy it again")
       epoch, index = epoch + 1, 0
+
+  def _check_buffers_fit(self, parts):
+    """Raises DataError (one line) when this host's shuffle buffers, two per part it reads near
+    an epoch's end, would not fit in its available memory; logs their size otherwise."""
+    split = self.builder.info.splits["train"]
+    record_bytes = split.num_bytes / max(1, split.num_examples)  # ~110 KB for ImageNet
+    parts_here = parts // self.placement.process_count
+    size = 2 * parts_here * self.config.streaming.shuffle_buffer * record_bytes
+    available = host_available_bytes()
+    logging.info("Shuffle buffers: up to %.0f MiB of host memory (2 x %d parts x %d records of "
+                 "%.0f KB)", size / 2**20, parts_here, self.config.streaming.shuffle_buffer,
+                 record_bytes / 1024)
+    if available is not None and size > 0.8 * available:
+      raise DataError(f"the shuffle buffers need {size / 2**30:.1f} GiB (2 x {parts_here} data "
+                      f"parts on this host x --config.streaming.shuffle_buffer="
+                      f"{self.config.streaming.shuffle_buffer} records of {record_bytes / 1024:.0f}"
+                      f" KB) but the host has {available / 2**30:.1f} GiB available; lower "
+                      "--config.streaming.shuffle_buffer, or --config.data_shards")
 
   def _epoch(self, epoch, first_index, parts, steps):
     """tf.data.Dataset of this host's batches of steps epoch * steps + first_index ..."""
-    import tensorflow as tf
+    tf = data.tensorflow()
     per_part = self.config.batch_size // parts
     per_host = parts // self.placement.process_count
     streams = []
-    for part in range(self.placement.process_index * per_host,
+    with _default_global_seed():  # the seeded ops take their seeds when built
+      for part in range(self.placement.process_index * per_host,
                       (self.placement.process_index + 1) * per_host):
-      start, end = data.part_bounds(self.num_train_examples, parts, part)
-      seed = _seed(self.config.seed, epoch, part)
-      records = self._read(f"train[{start}:{end}]", shuffle_seed=seed)
-      records = records.shuffle(self.config.streaming.shuffle_buffer, seed=seed,
-                                reshuffle_each_iteration=False)
-      first = first_index * per_part
-      records = records.take(steps * per_part).skip(first).enumerate(start=first)
+        start, end = data.part_bounds(self.num_train_examples, parts, part)
+        seed = _seed(self.config.seed, epoch, part)
+        records = self._read(f"train[{start}:{end}]", shuffle_seed=seed)
+        records = records.shuffle(self.config.streaming.shuffle_buffer, seed=seed,
+                                  reshuffle_each_iteration=False)
+        first = first_index * per_part
+        records = records.take(steps * per_part).skip(first).enumerate(start=first)
 
-      def example(k, record, part=part):
-        step = tf.cast(epoch * steps, tf.int64) + k // per_part
-        position = part * per_part + k % per_part  # in the global batch
-        return self._train_example(record, step, position), tf.cast(record["label"], tf.int32)
+        def example(k, record, part=part):
+          step = tf.cast(epoch * steps, tf.int64) + k // per_part
+          position = part * per_part + k % per_part  # in the global batch
+          return self._train_example(record, step, position), tf.cast(record["label"], tf.int32)
 
-      streams.append(records.map(example, num_parallel_calls=tf.data.AUTOTUNE,
-                                 deterministic=True).batch(per_part, drop_remainder=True))
+        streams.append(records.map(example, num_parallel_calls=tf.data.AUTOTUNE,
+                                   deterministic=True).batch(per_part, drop_remainder=True))
     batches = tf.data.Dataset.zip(tuple(streams)).map(
         lambda *part_batches: {"image": tf.concat([b[0] for b in part_batches], 0),
                                "label": tf.concat([b[1] for b in part_batches], 0)})
-    return batches.prefetch(2).with_options(_options()).as_numpy_iterator()
+    return batches.prefetch(2).with_options(_options(warm_start=True)).as_numpy_iterator()
 
   def _train_example(self, record, step, position):
     """float32 [size, size, 3]: the record's image decoded, cropped (config.streaming.crop),
     flipped (config.augment.flip) and normalised; randomness from (seed, step, position)."""
-    import tensorflow as tf
+    tf = data.tensorflow()
     s = self.config.streaming
     size = s.image_size
     seed = tf.stack([tf.constant(self.config.seed, tf.int64),
@@ -161,7 +198,7 @@ class StreamingDataset:
     batch_size / hosts: {"image": float32 [local devices, per device, size, size, 3], "label",
     "mask": 1.0 for a real example, 0.0 for padding}. Every host yields the same number of
     batches (the collectives need it), so each example counts exactly once over the hosts."""
-    import tensorflow as tf
+    tf = data.tensorflow()
     per_host = batch_size // placement.process_count
     total = self.num_test_examples if split == "test" else self.num_validation_examples
     num_batches = math.ceil(math.ceil(total / placement.process_count) / per_host)
@@ -188,7 +225,7 @@ class StreamingDataset:
   def _eval_example(self, raw):
     """float32 [size, size, 3]: shorter side resized to size / eval_crop_fraction, the centre
     size x size (224 of 256 for ImageNet, as the flax example and the Caffe zoo evaluate)."""
-    import tensorflow as tf
+    tf = data.tensorflow()
     size = self.config.streaming.image_size
     image = _decode(raw)
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
@@ -217,23 +254,49 @@ def _seed(seed, epoch, part):
   return int(np.random.SeedSequence([seed, epoch, part]).generate_state(1)[0] >> 1)
 
 
-def _options():
-  import tensorflow as tf
+def _options(warm_start=False):
+  tf = data.tensorflow()
   options = tf.data.Options()
   options.deterministic = True  # parallel maps keep their order: the batch of a step is fixed
+  # Start reading when the iterator is made, not at its first batch (the next epoch's stream).
+  options.experimental_warm_start = warm_start
   return options
+
+
+# tensorflow.python.framework.random_seed.DEFAULT_GRAPH_SEED: the global seed TF pairs with op
+# seeds when none was set.
+_TF_DEFAULT_GLOBAL_SEED = 87654321
+_global_seed_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _default_global_seed():
+  """TF's global seed as if never set, while a stream is built (the runs of a sweep build
+  theirs in threads: one at a time); a global seed set before is set again after (which also
+  restarts TF's count for ops built without a seed)."""
+  tf = data.tensorflow()
+  with _global_seed_lock:
+    global_seed = tf.compat.v1.get_seed(1)[0]  # (global, op) as an op seeded 1 would get them
+    if global_seed == _TF_DEFAULT_GLOBAL_SEED:
+      yield
+      return
+    tf.random.set_seed(_TF_DEFAULT_GLOBAL_SEED)
+    try:
+      yield
+    finally:
+      tf.random.set_seed(global_seed)
 
 
 def _decode(raw):
   """uint8 [h, w, 3] of an encoded image: JPEG (grayscale and CMYK ones too), PNG, GIF, BMP."""
-  import tensorflow as tf
+  tf = data.tensorflow()
   return tf.io.decode_image(raw, channels=3, expand_animations=False)
 
 
 def _decode_window(raw, window):
   """The box `window(shape) -> (top, left, height, width)` of an encoded image, decoding only
   that box when it is a JPEG (ImageNet's 110 KB average JPEG: most of the decode skipped)."""
-  import tensorflow as tf
+  tf = data.tensorflow()
 
   def jpeg():
     top, left, height, width = window(tf.image.extract_jpeg_shape(raw))
@@ -248,7 +311,7 @@ def _decode_window(raw, window):
 
 
 def _normalise(image):
-  import tensorflow as tf
+  tf = data.tensorflow()
   image = tf.cast(image, tf.float32)
   return (image - tf.constant(IMAGENET_MEAN_RGB)) / tf.constant(IMAGENET_STD_RGB)
 
@@ -264,8 +327,9 @@ def _padded(image, label, per_host, num_devices):
 
 
 def _readable(iterator, builder):
-  """`iterator`, with a file that turns out cut or missing as one DataError line."""
-  import tensorflow as tf
+  """`iterator`, with a file that turns out cut or missing, or an image that does not decode,
+  as one DataError line."""
+  tf = data.tensorflow()
   try:
     yield from iterator
   except tf.errors.OpError as e:
@@ -273,10 +337,12 @@ def _readable(iterator, builder):
 
 
 def _unreadable(builder, error):
+  tf = data.tensorflow()
+  what = ("an image in it does not decode" if isinstance(error, tf.errors.InvalidArgumentError)
+          else "a file is missing or cut")
   return DataError(f"TFDS dataset {builder.name!r} in {str(builder.data_dir)!r} cannot be read "
-                   f"({type(error).__name__}: {files.one_line(error, 200)}); a file is missing "
-                   "or cut: prepare it again (delete that folder, then download_and_prepare) or "
-                   "copy it again")
+                   f"({type(error).__name__}: {files.one_line(error, 200)}); {what}: prepare it "
+                   "again (delete that folder, then download_and_prepare) or copy it again")
 
 
 def open_dataset(config, placement: Placement | None = None) -> StreamingDataset:

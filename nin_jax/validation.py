@@ -132,6 +132,13 @@ def _streaming(config):
            f"--config.preprocess={config.preprocess} needs the whole training split in memory; "
            f"{config.dataset} is streamed and normalised with ImageNet's per-channel mean and "
            "std: use --config.preprocess=mean_std")
+  native = {"imagenet_resized/32x32": 32, "imagenet_resized/64x64": 64}.get(config.dataset)
+  if native and native != config.streaming.image_size:
+    logging.warning("--config.streaming.image_size=%d resizes the %d x %d images of %s: for "
+                    "their own size set --config.streaming.image_size=%d, with "
+                    "--config.streaming.crop=resize_crop --config.streaming.eval_crop_fraction=1"
+                    " (flips only) or crop=random_resized (zoomed crops)",
+                    config.streaming.image_size, native, native, config.dataset, native)
   _require(not config.augment.crop_padding,
            f"--config.augment.crop_padding={config.augment.crop_padding} is the in-memory "
            f"sources' shift; {config.dataset} is cropped by --config.streaming.crop "

@@ -2,11 +2,17 @@
 TFDS's on-disk format: JPEGs of varying sizes, grayscale and CMYK ones among them, read through
 tfds.builder as a user's real data would be."""
 import json
+import os
+import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
-from conftest import final_params, flatten, run_launch
+from conftest import REPO, final_params, flatten, run_launch, xla_flags
 
 from experiments import default
 from nin_jax import cam, data, local_tfds, train
@@ -81,6 +87,26 @@ def test_a_step_is_a_function_of_seed_and_step(data_dir):
   other_seed = data.load_dataset(imagenette_config(data_dir, seed=1))
   assert not np.array_equal(next(other_seed.train_batches(0, 1, 2))["label"],
                             straight[0]["label"])
+
+
+def test_tensorflows_global_seed_does_not_change_the_order(data_dir):
+  import tensorflow as tf
+  dataset = data.load_dataset(imagenette_config(data_dir))
+  before = next(dataset.train_batches(0, 1, parts=2))
+  tf.random.set_seed(123)  # as a notebook or another library might
+  try:
+    after = next(dataset.train_batches(0, 1, parts=2))
+  finally:
+    tf.random.set_seed(None)
+  np.testing.assert_array_equal(before["label"], after["label"])
+  np.testing.assert_array_equal(before["image"], after["image"])
+
+
+def test_shuffle_buffers_larger_than_memory_are_one_line(data_dir):
+  dataset = data.load_dataset(imagenette_config(data_dir, **{"streaming.shuffle_buffer": 10**10}))
+  with pytest.raises(DataError, match=r"shuffle buffers need .* lower "
+                                      r"--config.streaming.shuffle_buffer"):
+    next(dataset.train_batches(0, 1, parts=2))
 
 
 def test_two_hosts_feed_what_one_host_feeds_with_the_same_parts(data_dir):
@@ -206,3 +232,35 @@ def test_launch_trains_and_resumes_on_two_hosts_like_one(data_dir, tmp_path):
   summaries = [json.loads((tmp_path / d / "summary.json").read_text()) for d in ("two", "one")]
   assert summaries[0]["test_accuracy"] == summaries[1]["test_accuracy"]
   assert summaries[0]["step"] == summaries[1]["step"] == 6
+
+
+def test_kill_9_then_relaunch_is_bit_identical(data_dir, tmp_path):
+  args = ["--config=experiments/imagenet.py:imagenette", f"--config.data_dir={data_dir}",
+          "--config.streaming.image_size=16", "--config.model.preset=nin_digits",
+          "--config.batch_size=8", "--config.eval_batch_size=8", "--config.num_epochs=3",
+          "--config.log_every_steps=1", "--config.checkpoint_every_steps=5",
+          "--config.eval_every_steps=0", "--config.model.init_stddev=0.1"]
+  reference = run_launch(*args, f"--workdir={tmp_path / 'reference'}", devices=2)
+  assert reference.returncode == 0, reference.stderr[-2000:]
+  env = dict(os.environ, XLA_FLAGS=xla_flags(2))
+  workdir = tmp_path / "killed"
+  process = subprocess.Popen([sys.executable, "launch.py", *args, f"--workdir={workdir}"],
+                             cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  def saved():  # checkpoints written to the end (Orbax writes them in the background)
+    folder = workdir / "checkpoints"
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+  while not saved() and process.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+  resumed = run_launch(*args, f"--workdir={workdir}", devices=2)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  # every checkpoint (5, 10, 15) is mid-epoch (6 steps an epoch): the records before it are skipped
+  assert re.search(r"Resuming at step (5|10|15), \d steps into epoch", resumed.stderr), [
+      line for line in resumed.stderr.splitlines() if "esum" in line]
+  expected, actual = flatten(final_params(tmp_path / "reference")), flatten(final_params(workdir))
+  for name in expected:
+    assert actual[name].tobytes() == expected[name].tobytes(), name
