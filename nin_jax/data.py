@@ -40,10 +40,19 @@ from nin_jax.errors import ConfigError, DataError
 TFDS_IMAGE_SHAPES = {"cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
                      "svhn_cropped": (32, 32, 3), "mnist": (28, 28, 1)}
 TFDS_DATASETS = tuple(TFDS_IMAGE_SHAPES)
-# Streamed from their files as training goes, not loaded: nin_jax/streaming.py.
+# Streamed from their files as training goes, not loaded: nin_jax/streaming.py. Also with a TFDS
+# builder config or version, as TFDS names them: imagenette/320px-v2, imagenet2012:5.1.0,
+# imagenet_resized/16x16 (`is_streamed`).
 STREAMING_DATASETS = ("imagenet2012", "imagenette", "imagenet_resized/32x32",
                       "imagenet_resized/64x64")
 SOURCES = TFDS_DATASETS + STREAMING_DATASETS + ("digits", "npz", "synthetic")
+
+
+def is_streamed(name: str) -> bool:
+  """Whether dataset `name` is streamed: one of STREAMING_DATASETS, or one of their TFDS builders
+  with another config or version (imagenette/160px-v2, imagenet2012:5.0.0)."""
+  builder = name.partition(":")[0].partition("/")[0]
+  return name in STREAMING_DATASETS or builder in {n.partition("/")[0] for n in STREAMING_DATASETS}
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -112,7 +121,7 @@ def image_shape(config):
     return (8, 8, 1)
   if config.dataset == "synthetic":
     return tuple(config.synthetic.image_shape)
-  if config.dataset in STREAMING_DATASETS:  # decoded and cropped to this size
+  if is_streamed(config.dataset):  # decoded and cropped to this size
     return (config.streaming.image_size, config.streaming.image_size, 3)
   if config.dataset == "npz":
     try:  # the .npy header inside the zip: the shape without reading the pixels
@@ -150,7 +159,11 @@ def tfds_builder(name, data_dir, download):
   files.check_reachable(data_dir, "--config.data_dir")
   if data_dir and not _exists(data_dir):
     raise DataError(f"data_dir {data_dir!r} does not exist; create it, or fix --config.data_dir")
-  builder = tfds.builder(name, data_dir=data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # DatasetNotFoundError, or a config or version TFDS does not know
+    raise DataError(f"TFDS has no dataset {name!r} ({type(e).__name__}: "
+                    f"{files.one_line(e, 300)}); check --config.dataset") from None
   if not builder.is_prepared():
     if not download:
       raise DataError(
@@ -158,8 +171,8 @@ def tfds_builder(name, data_dir, download):
           "downloads are off. Fixes: run on the embedded digits (--config=experiments/default.py:"
           "digits, or --config.dataset=digits); or prepare it on a machine with internet "
           f"(python -c \"import tensorflow_datasets as t; t.builder('{name}', data_dir='DIR')"
-          ".download_and_prepare()\") and copy DIR here, then pass --config.data_dir=DIR; or "
-          "allow the download with --config.download=True.")
+          f".download_and_prepare()\"{_manual_step(builder)}) and copy DIR here, then pass "
+          "--config.data_dir=DIR; or allow the download with --config.download=True.")
     try:
       builder.download_and_prepare()
     except Exception as e:  # network errors come in many types; all mean the same here
@@ -168,6 +181,15 @@ def tfds_builder(name, data_dir, download):
                       "machine with internet and copy data_dir here, or use "
                       "--config.dataset=digits.") from None
   return builder
+
+
+def _manual_step(builder):
+  """For a dataset TFDS cannot download itself (imagenet2012): where its archives go first."""
+  if not getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+    return ""
+  archives = (" (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar)"
+              if builder.name == "imagenet2012" else "")
+  return f", after putting the archives its TFDS page names{archives} in DIR/downloads/manual"
 
 
 def load_tfds(name, data_dir, download, placement=None):
@@ -385,7 +407,7 @@ def load_dataset(config, placement: Placement | None = None) -> Dataset:
   (default: every host). The runs of a sweep share it: the last one loaded is kept, keyed by
   `DATA_FIELDS`, and threads that ask for it together load it once."""
   placement = placement or Placement.everywhere()
-  if config.dataset in STREAMING_DATASETS:  # opened, not loaded: nothing to keep
+  if is_streamed(config.dataset):  # opened, not loaded: nothing to keep
     from nin_jax import streaming
     return streaming.open_dataset(config, placement)
   key = json.dumps([config.to_dict().get(k) for k in DATA_FIELDS] + [

@@ -45,7 +45,9 @@ def _positive(config, *keys, allow_zero=False):
 def validate(config, num_devices: int | None = None):
   """Raises ConfigError for the first problem found in `config` (a run's config), trained on
   `num_devices` devices (default: every device of every host)."""
-  _choice(config, "dataset", data.SOURCES)
+  _require(config.dataset in data.SOURCES or data.is_streamed(config.dataset),
+           f"--config.dataset={config.dataset!r} is not one of {list(data.SOURCES)} (or a TFDS "
+           "config of a streamed one, such as imagenette/320px-v2)")
   _choice(config, "preprocess", data.PREPROCESSORS)
   _choice(config, "model.preset", models.PRESETS)
   _choice(config, "model.head", models.HEADS)
@@ -103,7 +105,7 @@ def validate(config, num_devices: int | None = None):
     shape = tuple(config.synthetic.image_shape)
     _require(len(shape) == 3 and min(shape) > 0,
              f"--config.synthetic.image_shape={shape} must be (height, width, channels) > 0")
-  if config.dataset in data.STREAMING_DATASETS:
+  if data.is_streamed(config.dataset):
     _streaming(config)
   devices = num_devices or jax.device_count()
   for key in ("batch_size", "eval_batch_size"):

@@ -188,7 +188,17 @@ def test_missing_data_is_one_line_with_the_fixes(tmp_path):
   message = str(error.value)
   assert "imagenet2012" in message and str(tmp_path) in message and "\n" not in message
   assert "--config.data_dir" in message
+  assert "ILSVRC2012_img_train.tar" in message  # TFDS cannot download ImageNet itself
   assert not (tmp_path / "run").exists()  # nothing written
+  config.dataset = "imagenette/999px"  # a TFDS config that does not exist
+  with pytest.raises(DataError, match=r"TFDS has no dataset 'imagenette/999px' .*check "
+                                      r"--config.dataset"):
+    train.train_and_evaluate(config, tmp_path / "run")
+
+
+def test_a_tfds_config_name_is_streamed_too(data_dir):
+  dataset = data.load_dataset(imagenette_config(data_dir, dataset="imagenette/full-size-v2"))
+  assert dataset.num_train_examples == NUM_TRAIN
 
 
 def test_a_cut_file_is_one_line(data_dir, tmp_path):
