@@ -185,7 +185,9 @@ class StreamingDataset:
       image = tf.image.resize(_decode_window(raw, window), [size, size], antialias=True)
     else:  # "resize_crop": the Caffe recipe: the whole image warped to a square, a random crop
       scaled = round(size / s.eval_crop_fraction)
-      image = tf.image.resize(_decode(raw), [scaled, scaled], antialias=True)
+      # Bilinear without antialiasing, as Caffe's OpenCV warp: with it the host decoded 137
+      # instead of 256 images/s on 2 cores (~100 KB JPEGs to 256 x 256, measured).
+      image = tf.image.resize(_decode(raw), [scaled, scaled], antialias=False)
       image = tf.image.stateless_random_crop(image, [size, size, 3], seed=crop_seed)
     if self.config.augment.flip:
       image = tf.image.stateless_random_flip_left_right(image, flip_seed)
@@ -258,8 +260,8 @@ def _options(warm_start=False):
   tf = data.tensorflow()
   options = tf.data.Options()
   options.deterministic = True  # parallel maps keep their order: the batch of a step is fixed
-  # Start reading when the iterator is made, not at its first batch (the next epoch's stream).
-  options.experimental_warm_start = warm_start
+  if warm_start:  # start reading when the iterator is made, not at its first batch
+    options.experimental_warm_start = True
   return options
 
 
