@@ -34,7 +34,12 @@ def digits_config(**overrides):
   config.num_epochs = 0.5  # 11 steps of 64
   config.log_every_steps = 5
   config.eval_every_steps = 0
-  for key, value in overrides.items():
+  return set_fields(config, overrides)
+
+
+def set_fields(config, fields):
+  """`config` with `fields` set: dotted keys, {"model.head": "fc"}."""
+  for key, value in fields.items():
     *parents, leaf = key.split(".")
     node = config
     for parent in parents:

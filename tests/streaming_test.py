@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, final_params, flatten, run_launch, xla_flags
+from conftest import REPO, final_params, flatten, run_launch, set_fields, xla_flags
 
 from experiments import default
 from nin_jax import cam, data, local_tfds, train
@@ -41,13 +41,7 @@ def imagenette_config(data_dir, **fields):
   config.num_epochs = 2.0  # 6 steps an epoch
   config.log_every_steps = config.checkpoint_every_steps = 4
   config.eval_every_steps = 0
-  for key, value in fields.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+  return set_fields(config, fields)
 
 
 def split_labels(data_dir, split):
