@@ -107,7 +107,8 @@ class StreamingDataset:
         step += 1
         if step == last_step:
           return
-        if upcoming is None and step >= (epoch + 1) * steps - warm_up:
+        if (upcoming is None and step >= (epoch + 1) * steps - warm_up
+            and (epoch + 1) * steps < last_step):
           upcoming = self._epoch(epoch + 1, 0, parts, steps)
       if step != (epoch + 1) * steps:  # the files held fewer records than TFDS's info says
         raise DataError(f"TFDS dataset {self.builder.name!r} in {str(self.builder.data_dir)!r} "
@@ -142,7 +143,7 @@ class StreamingDataset:
     streams = []
     with _default_global_seed():  # the seeded ops take their seeds when built
       for part in range(self.placement.process_index * per_host,
-                      (self.placement.process_index + 1) * per_host):
+                        (self.placement.process_index + 1) * per_host):
         start, end = data.part_bounds(self.num_train_examples, parts, part)
         seed = _seed(self.config.seed, epoch, part)
         records = self._read(f"train[{start}:{end}]", shuffle_seed=seed)
@@ -225,15 +226,22 @@ class StreamingDataset:
       yield _padded(*empty, per_host, num_devices)
 
   def _eval_example(self, raw):
-    """float32 [size, size, 3]: shorter side resized to size / eval_crop_fraction, the centre
-    size x size (224 of 256 for ImageNet, as the flax example and the Caffe zoo evaluate)."""
+    """float32 [size, size, 3]: the centre size x size of the image resized as its training
+    crop sees it: for "resize_crop" warped to a square of size / eval_crop_fraction (Caffe's
+    centre 224 of 256 x 256); for "random_resized" its shorter side resized to that (the flax
+    ImageNet example's centre crop)."""
     tf = data.tensorflow()
-    size = self.config.streaming.image_size
+    s = self.config.streaming
+    size, scaled = s.image_size, round(s.image_size / s.eval_crop_fraction)
     image = _decode(raw)
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = (size / self.config.streaming.eval_crop_fraction) / tf.reduce_min(shape)
-    resized = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), size)
-    image = tf.image.resize(image, resized, antialias=True)
+    if s.crop == "resize_crop":  # as in training: no antialiasing
+      resized = tf.constant([scaled, scaled])
+      image = tf.image.resize(image, resized, antialias=False)
+    else:
+      shape = tf.cast(tf.shape(image)[:2], tf.float32)
+      resized = tf.maximum(tf.cast(tf.round(shape * scaled / tf.reduce_min(shape)), tf.int32),
+                           size)
+      image = tf.image.resize(image, resized, antialias=True)
     top, left = (resized[0] - size) // 2, (resized[1] - size) // 2
     return _normalise(image[top:top + size, left:left + size])
 
