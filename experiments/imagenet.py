@@ -18,7 +18,8 @@ tfds.builder("imagenette").download_and_prepare() fetches 1.5 GB):
       --config.data_dir=~/tensorflow_datasets
 
   Hardware: one GPU. Time and accuracy: not measured (no GPU and no internet in the sessions that
-  built this); on 2 CPU cores a 224-pixel step of 64 takes ~7 s (README.md, "Speed").
+  built this); on 2 CPU cores a 224-pixel step of 64 took 17 s (README.md, "ImageNet-scale
+  data": 10 steps on a stand-in in 176 s).
 
 The ablations run on it through the same variants: --config=experiments/ablate_head.py:imagenette,
 experiments/ablate_depth.py:imagenet. Fields after the colon as everywhere:

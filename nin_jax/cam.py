@@ -66,6 +66,9 @@ def test_examples(dataset, limit=512):
 
 def write_figure(run_dir, num_images, out):
   run_dir = epath.Path(files.resolve(run_dir))
+  if not run_dir.is_dir():
+    raise ConfigError(f"run folder {run_dir} does not exist: give one run's workdir, such as "
+                      "<sweep workdir>/gap/seed_0")
   out = epath.Path(files.resolve(out) or run_dir / "class_activation_maps.png")
   if not out.parent.is_dir():
     raise ConfigError(f"--out folder {out.parent} does not exist; create it or pick another")
@@ -95,7 +98,11 @@ def write_figure(run_dir, num_images, out):
   size = x_test.shape[1:3]
   for row, index in zip(axes, rows):
     image = x_test[index]
-    image = (image - image.min()) / (np.ptp(image) + 1e-8)
+    if isinstance(dataset, streaming.StreamingDataset):  # its fixed normalisation, undone
+      image = np.clip((image * streaming.IMAGENET_STD_RGB + streaming.IMAGENET_MEAN_RGB) / 255,
+                      0, 1)
+    else:  # fitted, whitened maybe: stretched to 0..1 per image
+      image = (image - image.min()) / (np.ptp(image) + 1e-8)
     row[0].imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray")
     row[0].set_title(f"test #{index}, label {y_test[index]}", fontsize=8)
     for column, (cls, name) in enumerate([(predicted[index], "predicted"),

@@ -31,6 +31,7 @@ import zipfile
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from nin_jax import files
 from nin_jax.placement import Placement
@@ -164,7 +165,14 @@ def tfds_builder(name, data_dir, download):
   except Exception as e:  # DatasetNotFoundError, or a config or version TFDS does not know
     raise DataError(f"TFDS has no dataset {name!r} ({type(e).__name__}: "
                     f"{files.one_line(e, 300)}); check --config.dataset") from None
+  manual = bool(getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None))
   if not builder.is_prepared():
+    manual_dir = epath.Path(builder.data_dir_root) / "downloads" / "manual"
+    if download and manual and not (manual_dir.is_dir() and any(manual_dir.iterdir())):
+      raise DataError(  # before TFDS writes anything: it would fail on its own, in many lines
+          f"TFDS cannot download {name!r} itself, and {str(manual_dir)!r} holds none of its "
+          f"archives: put them there{_archives(builder)}, or prepare it elsewhere and pass "
+          "--config.data_dir")
     if not download:
       raise DataError(
           f"TFDS dataset {name!r} is not prepared in data_dir {str(builder.data_dir_root)!r} and "
@@ -172,12 +180,14 @@ def tfds_builder(name, data_dir, download):
           "digits, or --config.dataset=digits); or prepare it on a machine with internet "
           f"(python -c \"import tensorflow_datasets as t; t.builder('{name}', data_dir='DIR')"
           f".download_and_prepare()\"{_manual_step(builder)}) and copy DIR here, then pass "
-          "--config.data_dir=DIR; or allow the download with --config.download=True.")
+          "--config.data_dir=DIR" + ("." if manual else
+                                     "; or allow the download with --config.download=True."))
     try:
       builder.download_and_prepare()
     except Exception as e:  # network errors come in many types; all mean the same here
       raise DataError(f"TFDS dataset {name!r} could not be downloaded to "
-                      f"{str(builder.data_dir_root)!r} ({type(e).__name__}: {e}). Prepare it on a "
+                      f"{str(builder.data_dir_root)!r} ({type(e).__name__}: {files.one_line(e)}). "
+                      "Prepare it on a "
                       "machine with internet and copy data_dir here, or use "
                       "--config.dataset=digits.") from None
   return builder
@@ -187,9 +197,13 @@ def _manual_step(builder):
   """For a dataset TFDS cannot download itself (imagenet2012): where its archives go first."""
   if not getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
     return ""
-  archives = (" (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar)"
-              if builder.name == "imagenet2012" else "")
-  return f", after putting the archives its TFDS page names{archives} in DIR/downloads/manual"
+  return (f", after putting the archives its TFDS page names{_archives(builder)} in "
+          "DIR/downloads/manual")
+
+
+def _archives(builder):
+  return (" (ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar)"
+          if builder.name == "imagenet2012" else "")
 
 
 def load_tfds(name, data_dir, download, placement=None):

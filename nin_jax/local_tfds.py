@@ -13,10 +13,13 @@ class has its own colour plus noise, so a model can learn it.
   python -m nin_jax.local_tfds --data_dir=/tmp/tfds --name=imagenette --num_train=200
 """
 import io
+import sys
 
 import numpy as np
 
 MODES = ("RGB", "L", "CMYK")
+# The TFDS builders whose features (a JPEG image of any size, a class label) this writes.
+BUILDERS = ("imagenette", "imagenet2012")
 
 
 def jpeg(rng, label, num_classes, size, mode="RGB", quality=90):
@@ -32,14 +35,26 @@ def jpeg(rng, label, num_classes, size, mode="RGB", quality=90):
 
 def write(data_dir, name="imagenette", num_train=48, num_test=21, min_size=24, max_size=80,
           seed=0, modes=MODES):
-  """Writes TFDS dataset `name` (imagenette, imagenet2012: their features and label names) with
-  `num_train` "train" and `num_test` "validation" JPEGs of min_size..max_size pixels a side,
-  cycling through `modes`, into `data_dir`. Returns the builder that wrote it."""
+  """Writes TFDS dataset `name` (imagenette, imagenet2012, or one of their builder configs,
+  imagenette/320px-v2: their features and label names) with `num_train` "train" and `num_test`
+  "validation" JPEGs of min_size..max_size pixels a side, cycling through `modes`, into
+  `data_dir`. Returns the builder that wrote it.
+
+  Raises ValueError (one line) for another dataset, or when data_dir already holds a prepared
+  `name` (TFDS would keep it and write nothing)."""
   import tensorflow_datasets as tfds
 
+  builder_name, _, config_name = name.partition("/")
+  if builder_name not in BUILDERS:
+    raise ValueError(f"local_tfds writes {' or '.join(BUILDERS)} (a config too, such as "
+                     f"imagenette/320px-v2), not {name!r}")
+  existing = tfds.builder(name, data_dir=str(data_dir))
+  if existing.is_prepared():
+    raise ValueError(f"{existing.data_dir} already holds a prepared {name}; delete it or pick "
+                     "another --data_dir")
   rng = np.random.default_rng(seed)
-  base = tfds.builder_cls(name)
-  num_classes = tfds.builder(name, data_dir=str(data_dir)).info.features["label"].num_classes
+  base = tfds.builder_cls(builder_name)
+  num_classes = existing.info.features["label"].num_classes
 
   class Local(base, skip_registration=True):
     def _split_generators(self, dl_manager):
@@ -54,7 +69,7 @@ def write(data_dir, name="imagenette", num_train=48, num_test=21, min_size=24, m
             {"file_name": f"{i}.JPEG"} if "file_name" in self.info.features else {})
 
   Local.name = base.name
-  builder = Local(data_dir=str(data_dir))
+  builder = Local(config=config_name or None, data_dir=str(data_dir))
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(data_dir)))
   return builder
@@ -64,7 +79,10 @@ def main(argv):
   del argv
   from absl import flags
   f = flags.FLAGS
-  builder = write(f.data_dir, f.name, f.num_train, f.num_test, f.min_size, f.max_size, f.seed)
+  try:
+    builder = write(f.data_dir, f.name, f.num_train, f.num_test, f.min_size, f.max_size, f.seed)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   print(f"wrote {f.name} ({f.num_train} train, {f.num_test} validation JPEGs) to "
         f"{builder.data_dir}")
 

@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import re
 import threading
 
 import numpy as np
@@ -123,17 +124,22 @@ class StreamingDataset:
     split = self.builder.info.splits["train"]
     record_bytes = split.num_bytes / max(1, split.num_examples)  # ~110 KB for ImageNet
     parts_here = parts // self.placement.process_count
-    size = 2 * parts_here * self.config.streaming.shuffle_buffer * record_bytes
+    buffered = self._buffer_size(parts)
+    size = 2 * parts_here * buffered * record_bytes
     available = host_available_bytes()
     logging.info("Shuffle buffers: up to %.0f MiB of host memory (2 x %d parts x %d records of "
-                 "%.0f KB)", size / 2**20, parts_here, self.config.streaming.shuffle_buffer,
-                 record_bytes / 1024)
+                 "%.0f KB)", size / 2**20, parts_here, buffered, record_bytes / 1024)
     if available is not None and size > 0.8 * available:
       raise DataError(f"the shuffle buffers need {size / 2**30:.1f} GiB (2 x {parts_here} data "
-                      f"parts on this host x --config.streaming.shuffle_buffer="
-                      f"{self.config.streaming.shuffle_buffer} records of {record_bytes / 1024:.0f}"
+                      f"parts on this host x {buffered} records (--config.streaming.shuffle_buffer="
+                      f"{self.config.streaming.shuffle_buffer}) of {record_bytes / 1024:.0f}"
                       f" KB) but the host has {available / 2**30:.1f} GiB available; lower "
                       "--config.streaming.shuffle_buffer, or --config.data_shards")
+
+  def _buffer_size(self, parts):
+    """Records in each part's shuffle buffer: config.streaming.shuffle_buffer, or the whole part
+    when smaller (a buffer never holds more; TF crashed on a buffer of 10^10)."""
+    return min(self.config.streaming.shuffle_buffer, math.ceil(self.num_train_examples / parts))
 
   def _epoch(self, epoch, first_index, parts, steps):
     """tf.data.Dataset of this host's batches of steps epoch * steps + first_index ..."""
@@ -147,7 +153,7 @@ class StreamingDataset:
         start, end = data.part_bounds(self.num_train_examples, parts, part)
         seed = _seed(self.config.seed, epoch, part)
         records = self._read(f"train[{start}:{end}]", shuffle_seed=seed)
-        records = records.shuffle(self.config.streaming.shuffle_buffer, seed=seed,
+        records = records.shuffle(self._buffer_size(parts), seed=seed,
                                   reshuffle_each_iteration=False)
         first = first_index * per_part
         records = records.take(steps * per_part).skip(first).enumerate(start=first)
@@ -350,8 +356,10 @@ def _unreadable(builder, error):
   tf = data.tensorflow()
   what = ("an image in it does not decode" if isinstance(error, tf.errors.InvalidArgumentError)
           else "a file is missing or cut")
+  # TF's messages open with its graph's names ({{function_node __wrapped__IteratorGetNext...}})
+  cause = re.sub(r"\{\{[^}]*\}\}\s*", "", str(error))
   return DataError(f"TFDS dataset {builder.name!r} in {str(builder.data_dir)!r} cannot be read "
-                   f"({type(error).__name__}: {files.one_line(error, 200)}); {what}: prepare it "
+                   f"({type(error).__name__}: {files.one_line(cause, 200)}); {what}: prepare it "
                    "again (delete that folder, then download_and_prepare) or copy it again")
 
 

@@ -449,8 +449,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   parts = data.num_parts(config.data_shards, placement)
   steps_per_epoch = data.steps_per_epoch(dataset.num_train_examples, config.batch_size, parts)
   if steps_per_epoch < 1:
+    held_out = (f" ({dataset.num_validation_examples} more held out for validation: "
+                "--config.validation_examples)" if dataset.num_validation_examples else "")
     raise ConfigError(f"batch_size {config.batch_size} exceeds the {dataset.num_train_examples} "
-                     "training examples; lower --config.batch_size")
+                      f"training examples{held_out}; lower --config.batch_size")
   total_steps = round(config.num_epochs * steps_per_epoch)
   if total_steps < 1:
     raise ConfigError(f"--config.num_epochs={config.num_epochs} is less than one step of "
@@ -473,6 +475,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     workdir.mkdir(parents=True, exist_ok=True)
     lock = run_workdir.lock(workdir)  # held until this process ends
     run_workdir.check_or_clear(workdir, config, overwrite)
+    run_workdir.check_dataset(workdir, {
+        "dataset": config.dataset, "num_classes": dataset.num_classes,
+        "num_train_examples": dataset.num_train_examples,
+        "num_validation_examples": dataset.num_validation_examples,
+        "num_test_examples": dataset.num_test_examples})
     files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
 
   # --- Model and optimizer ---------------------------------------------------------------------
@@ -540,6 +547,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         record = {"step": step + 1, "epoch": (step + 1) / steps_per_epoch,
                   "images_per_s": round(images_per_s, 1),
                   **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
+        if done and is_eval:  # the training is kept whatever the evaluation meets (a cut file)
+          checkpointing.save(manager, step + 1, state, force=True)
         if is_eval:
           evaluation = evaluate_splits(p_eval_step, variables(state), device_data, dataset,
                                        config.eval_batch_size, placement)
@@ -554,7 +563,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         checkpointing.save(manager, step + 1, state)
       if done:
         break
-    checkpointing.save(manager, last_step, state, force=True)
+    checkpointing.save(manager, last_step, state, force=True)  # finished (_finishing) before
+                                                                # the summary's evaluation
 
   # --- Summary ---------------------------------------------------------------------------------
   if evaluated_step != last_step:

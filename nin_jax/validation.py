@@ -60,7 +60,7 @@ def validate(config, num_devices: int | None = None):
   _positive(config, "eval_every_steps", "stuck_loss_steps", "stuck_loss_tolerance",
             "optimizer.weight_decay", "optimizer.grad_clip_norm", "optimizer.warmup_epochs",
             "optimizer.bias_lr_multiplier", "optimizer.classifier_lr_multiplier",
-            "augment.crop_padding", "microbatch_size", allow_zero=True)
+            "augment.crop_padding", "microbatch_size", "data_shards", allow_zero=True)
   if "validation_examples" in config:  # the split itself is checked against the data's size
     _positive(config, "validation_examples", allow_zero=True)
   _require(0 <= config.optimizer.momentum < 1,

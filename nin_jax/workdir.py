@@ -11,7 +11,7 @@ from nin_jax.errors import ConfigError
 # Fields that do not change what is trained: a run may resume with other values.
 BOOKKEEPING = {"data_dir", "download", "log_every_steps", "eval_every_steps",
                "checkpoint_every_steps", "keep_checkpoints"}
-RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "config.json")
+RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "config.json", "dataset.json")
 # Fields added after runs were saved, with the value that older runs used: a run saved before a
 # field existed resumes when the new config leaves it at that value.
 # Dotted names for nested fields, as differing_fields compares them.
@@ -69,6 +69,12 @@ def differing_fields(saved: dict, config: dict) -> dict[str, tuple]:
           if k not in BOOKKEEPING and old.get(k) != new.get(k)}
 
 
+def _holds_checkpoint(path) -> bool:
+  """Whether the workdir holds a checkpoint written to the end (a step's folder)."""
+  folder = path / "checkpoints"
+  return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
 def check_or_clear(workdir, config, overwrite: bool):
   """Refuses a workdir that holds a run of another config, unless `overwrite` (then clears it).
 
@@ -96,9 +102,31 @@ def check_or_clear(workdir, config, overwrite: bool):
                         "another --workdir")
     return  # nothing to resume: this launch writes its own config.json
   fields = differing_fields(old, config.to_dict())
+  if fields and not _holds_checkpoint(path):  # a launch that failed before its first checkpoint
+    return  # nothing to resume: this launch writes its own config.json
   if fields:
     shown = ", ".join(f"{k} ({old!r} there, {new!r} now)"
                       for k, (old, new) in list(fields.items())[:6])
     raise ConfigError(f"workdir {workdir} holds a run with another config: {shown}. Relaunch "
                       "with that config to resume it, pick a new --workdir, or pass --overwrite "
                       "to start over in this one")
+
+
+def check_dataset(workdir, identity: dict):
+  """Refuses to resume a run on other data than it trained on, then records `identity` (the
+  dataset's name and its splits' sizes) in the workdir's dataset.json.
+
+  data_dir is a bookkeeping field (the same data may move from a local copy to gs://), so the
+  config alone cannot tell that a relaunch points at another dataset under the same name (a
+  stand-in, another TFDS version); its sizes can. Raises ConfigError (one line) when the
+  workdir holds a checkpoint trained on data of other sizes."""
+  path = epath.Path(workdir)
+  saved = files.read_json(path / "dataset.json", "run dataset")
+  if isinstance(saved, dict) and _holds_checkpoint(path):
+    differ = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k, v) != v}
+    if differ:
+      shown = ", ".join(f"{k} {old} there, {new} now" for k, (old, new) in differ.items())
+      raise ConfigError(f"workdir {workdir} was trained on other data than --config.data_dir "
+                        f"holds now ({shown}); point --config.data_dir at the data it trained "
+                        "on, pick a new --workdir, or pass --overwrite to start over")
+  files.write_json(path / "dataset.json", identity)

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO, final_params, flatten, run_launch, set_fields, xla_flags
 
 from experiments import default
-from nin_jax import cam, data, local_tfds, train
+from nin_jax import cam, data, local_tfds, streaming, train
 from nin_jax.errors import ConfigError, DataError
 from nin_jax.placement import Placement
 
@@ -96,9 +96,11 @@ def test_tensorflows_global_seed_does_not_change_the_order(data_dir):
   np.testing.assert_array_equal(before["image"], after["image"])
 
 
-def test_shuffle_buffers_larger_than_memory_are_one_line(data_dir):
+def test_shuffle_buffers_larger_than_memory_are_one_line(data_dir, monkeypatch):
   dataset = data.load_dataset(imagenette_config(data_dir, **{"streaming.shuffle_buffer": 10**10}))
-  with pytest.raises(DataError, match=r"shuffle buffers need .* lower "
+  next(dataset.train_batches(0, 1, parts=2))  # a buffer never holds more than its part
+  monkeypatch.setattr(streaming, "host_available_bytes", lambda: 100_000)  # a 100 KB host
+  with pytest.raises(DataError, match=r"shuffle buffers need .* 24 records .*lower "
                                       r"--config.streaming.shuffle_buffer"):
     next(dataset.train_batches(0, 1, parts=2))
 
@@ -195,6 +197,56 @@ def test_a_tfds_config_name_is_streamed_too(data_dir):
   assert dataset.num_train_examples == NUM_TRAIN
 
 
+def test_a_cut_validation_file_keeps_the_training_and_a_relaunch_may_change_config(
+    data_dir, tmp_path):
+  copy = tmp_path / "tfds"
+  shutil.copytree(data_dir, copy)
+  [record] = copy.glob("imagenette/*/*/imagenette-validation.tfrecord-*")
+  whole = record.read_bytes()
+  record.write_bytes(whole[:len(whole) // 2])
+  config = imagenette_config(copy)
+  with pytest.raises(DataError, match=r"cannot be read \(DataLossError: [^{]"):
+    train.train_and_evaluate(config, tmp_path / "run", progress_bar=False)
+  # the training of all 12 steps is kept: only the evaluation failed
+  assert (tmp_path / "run" / "checkpoints" / "12").is_dir()
+  record.write_bytes(whole)
+  summary = train.train_and_evaluate(config, tmp_path / "run", progress_bar=False)
+  assert summary["finished"] and summary["step"] == 12
+
+
+def test_a_launch_that_failed_before_training_does_not_hold_its_config(data_dir, tmp_path):
+  copy = tmp_path / "tfds"
+  shutil.copytree(data_dir, copy)
+  [record] = copy.glob("imagenette/*/*/imagenette-train.tfrecord-*")
+  whole = record.read_bytes()
+  record.write_bytes(whole[:len(whole) // 2])
+  with pytest.raises(DataError):
+    train.train_and_evaluate(imagenette_config(copy), tmp_path / "run", progress_bar=False)
+  record.write_bytes(whole)  # fixed, and the user changes the batch size too
+  summary = train.train_and_evaluate(imagenette_config(copy, batch_size=16), tmp_path / "run",
+                                     progress_bar=False)
+  assert summary["finished"]
+
+
+def test_resuming_on_other_data_under_the_same_name_is_one_line(data_dir, tmp_path):
+  config = imagenette_config(data_dir)
+  train.train_and_evaluate(config, tmp_path / "run", progress_bar=False, stop_at_step=4)
+  smaller = tmp_path / "smaller"
+  local_tfds.write(smaller, "imagenette", num_train=40, num_test=10)
+  with pytest.raises(ConfigError, match=r"trained on other data .*num_train_examples 48 there, "
+                                        r"40 now"):
+    train.train_and_evaluate(imagenette_config(smaller), tmp_path / "run", progress_bar=False)
+  with pytest.raises(ValueError, match="already holds a prepared imagenette"):
+    local_tfds.write(smaller, "imagenette")  # TFDS would keep the old one and write nothing
+
+
+def test_imagenet_download_without_its_archives_is_one_line(tmp_path):
+  config = imagenette_config(tmp_path, dataset="imagenet2012", download=True)
+  with pytest.raises(DataError, match=r"TFDS cannot download 'imagenet2012' itself"):
+    train.train_and_evaluate(config, tmp_path / "run")
+  assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing written
+
+
 def test_a_cut_file_is_one_line(data_dir, tmp_path):
   copy = tmp_path / "tfds"
   shutil.copytree(data_dir, copy)
@@ -211,6 +263,7 @@ def test_a_cut_file_is_one_line(data_dir, tmp_path):
     ("streaming.crop", "centre", "is not one of"),
     ("streaming.min_area", 0.0, "must be in \\(0, 1\\]"),
     ("streaming.image_size", 8, "too small|smallest"),
+    ("data_shards", -1, "must be >= 0"),
 ])
 def test_configs_that_cannot_stream_are_one_line(data_dir, tmp_path, field, value, message):
   config = imagenette_config(data_dir, **{field: value})
