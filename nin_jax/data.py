@@ -86,8 +86,7 @@ class Dataset:
     per_host = batch_size // placement.process_count
     total = self.num_test_examples if split == "test" else self.num_validation_examples
     return eval_indices(self.num_local(split), per_host,
-                        math.ceil(math.ceil(total / placement.process_count) / per_host),
-                        len(placement.local_devices))
+                        num_eval_batches(total, per_host, placement), len(placement.local_devices))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -179,7 +178,8 @@ def tfds_builder(name, data_dir, download):
           "downloads are off. Fixes: run on the embedded digits (--config=experiments/default.py:"
           "digits, or --config.dataset=digits); or prepare it on a machine with internet "
           f"(python -c \"import tensorflow_datasets as t; t.builder('{name}', data_dir='DIR')"
-          f".download_and_prepare()\"{_manual_step(builder)}) and copy DIR here, then pass "
+          f".download_and_prepare()\"{_manual_step(builder) if manual else ''}) and copy DIR "
+          "here, then pass "
           "--config.data_dir=DIR" + ("." if manual else
                                      "; or allow the download with --config.download=True."))
     try:
@@ -195,8 +195,6 @@ def tfds_builder(name, data_dir, download):
 
 def _manual_step(builder):
   """For a dataset TFDS cannot download itself (imagenet2012): where its archives go first."""
-  if not getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
-    return ""
   return (f", after putting the archives its TFDS page names{_archives(builder)} in "
           "DIR/downloads/manual")
 
@@ -575,6 +573,12 @@ def epoch_indices(dataset, epoch, batch_size, seed, num_devices, parts, placemen
   rows = [train_indices(dataset, step, batch_size, seed, num_devices, parts, placement)["index"]
           for step in range(epoch * steps, (epoch + 1) * steps)]
   return {"index": np.stack(rows, axis=1)}
+
+
+def num_eval_batches(num_examples, per_host, placement: Placement) -> int:
+  """Batches of `per_host` that every host runs over a split of `num_examples` (over all hosts):
+  the same number on each (collectives need it), enough for the largest host's share."""
+  return math.ceil(math.ceil(num_examples / placement.process_count) / per_host)
 
 
 def eval_indices(num_examples, batch_size, num_batches, num_devices):

@@ -210,7 +210,7 @@ class StreamingDataset:
     tf = data.tensorflow()
     per_host = batch_size // placement.process_count
     total = self.num_test_examples if split == "test" else self.num_validation_examples
-    num_batches = math.ceil(math.ceil(total / placement.process_count) / per_host)
+    num_batches = data.num_eval_batches(total, per_host, placement)
     start, end = data.host_range(total, placement)
     if split == "validation":  # the tail of TFDS's train split
       start, end = start + self.num_train_examples, end + self.num_train_examples

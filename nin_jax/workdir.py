@@ -102,8 +102,8 @@ def check_or_clear(workdir, config, overwrite: bool):
                         "another --workdir")
     return  # nothing to resume: this launch writes its own config.json
   fields = differing_fields(old, config.to_dict())
-  if fields and not _holds_checkpoint(path):  # a launch that failed before its first checkpoint
-    return  # nothing to resume: this launch writes its own config.json
+  if fields and not (_holds_checkpoint(path) or (path / "summary.json").exists()):
+    return  # a launch that failed before training anything: this one writes its own config.json
   if fields:
     shown = ", ".join(f"{k} ({old!r} there, {new!r} now)"
                       for k, (old, new) in list(fields.items())[:6])
