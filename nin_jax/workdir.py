@@ -5,7 +5,7 @@ import os
 
 from etils import epath
 
-from nin_jax import files
+from nin_jax import checkpointing, files
 from nin_jax.errors import ConfigError
 
 # Fields that do not change what is trained: a run may resume with other values.
@@ -69,12 +69,6 @@ def differing_fields(saved: dict, config: dict) -> dict[str, tuple]:
           if k not in BOOKKEEPING and old.get(k) != new.get(k)}
 
 
-def _holds_checkpoint(path) -> bool:
-  """Whether the workdir holds a checkpoint written to the end (a step's folder)."""
-  folder = path / "checkpoints"
-  return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
-
-
 def check_or_clear(workdir, config, overwrite: bool):
   """Refuses a workdir that holds a run of another config, unless `overwrite` (then clears it).
 
@@ -102,7 +96,7 @@ def check_or_clear(workdir, config, overwrite: bool):
                         "another --workdir")
     return  # nothing to resume: this launch writes its own config.json
   fields = differing_fields(old, config.to_dict())
-  if fields and not (_holds_checkpoint(path) or (path / "summary.json").exists()):
+  if fields and not (checkpointing.steps_on_disk(path) or (path / "summary.json").exists()):
     return  # a launch that failed before training anything: this one writes its own config.json
   if fields:
     shown = ", ".join(f"{k} ({old!r} there, {new!r} now)"
@@ -122,7 +116,7 @@ def check_dataset(workdir, identity: dict):
   workdir holds a checkpoint trained on data of other sizes."""
   path = epath.Path(workdir)
   saved = files.read_json(path / "dataset.json", "run dataset")
-  if isinstance(saved, dict) and _holds_checkpoint(path):
+  if isinstance(saved, dict) and checkpointing.steps_on_disk(path):
     differ = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k, v) != v}
     if differ:
       shown = ", ".join(f"{k} {old} there, {new} now" for k, (old, new) in differ.items())
