@@ -34,12 +34,15 @@ config_flags.DEFINE_config_file("config", None, "Config file, optionally with a 
 
 def main(argv):
   del argv
-  # TensorFlow only feeds the input pipeline; it must not take GPU/TPU memory from JAX.
+  # TensorFlow only feeds the input pipeline; it must not take GPU/TPU memory from JAX: hidden
+  # from the accelerators before anything imports it, and not imported by runs that need none.
   from nin_jax import data
-  data.tensorflow()
+  FLAGS = flags.FLAGS
+  if data.needs_tensorflow(FLAGS.config, (FLAGS.workdir, FLAGS.config.data_dir,
+                                          FLAGS.config.npz_path)):
+    data.tensorflow()
 
   import jax
-  FLAGS = flags.FLAGS
   try:
     if FLAGS.coordinator_address:
       jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes only

@@ -135,6 +135,20 @@ def image_shape(config):
   return None
 
 
+IN_MEMORY_SOURCES = ("digits", "npz", "synthetic")  # read without TensorFlow
+
+
+def needs_tensorflow(config, paths=()) -> bool:
+  """Whether a run of `config` reads through TensorFlow: a TFDS or streamed dataset, or a remote
+  path among `paths` (etils.epath opens gs:// through TensorFlow's file system). The other runs
+  never import it: `import tensorflow` alone took 12 s of a launch's start-up on this project's
+  2-core machines (measured), more than the digits network's compilation. A sweep whose arms set
+  another dataset still gets `tensorflow()` before TFDS is imported (tfds_builder calls it)."""
+  from nin_jax import files
+  return config.dataset not in IN_MEMORY_SOURCES or any(
+      path and files.is_remote(path) for path in paths)
+
+
 @functools.cache
 def tensorflow():
   """TensorFlow, which feeds the input pipeline only, hidden from accelerators: their memory is

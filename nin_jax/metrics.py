@@ -7,8 +7,11 @@ A finished run also gets its hparams and final errors in TensorBoard's HParams d
 (`write_hparams_config`); `tensorboard --logdir <sweep workdir>` then shows arms x seeds in one
 table. These event files are built from TensorBoard's own protos, without TensorFlow.
 """
+import itertools
 import json
 import logging
+import os
+import socket
 import struct
 import time
 
@@ -29,25 +32,34 @@ HPARAMS_CONFIG_FILE = "events.out.tfevents.hparams_config"
 
 
 class MetricsWriter:
-  """Appends records such as {"step": 20, "loss": 0.31, ...} to `workdir/metrics.jsonl`.
+  """Appends records such as {"step": 20, "loss": 0.31, ...} to `workdir/metrics.jsonl`, and each
+  value as a TensorBoard scalar to an event file of this launch in `workdir`.
 
   A resumed run continues the file from its checkpoint's step: on opening, the log is cut back
   to its readable records of steps <= `first_step` (rewritten atomically), so a line cut by a
   kill and the records of steps the resumed run will repeat are gone, and the log never holds
-  two records of one step. TensorBoard's event files are appended to as they are.
+  two records of one step. Each launch writes its own event file (TensorBoard merges a folder's
+  files and shows the newest value of a step); a record cut by a kill ends that file's reading.
+  The events are framed here, as `_write_events` does, not by TensorFlow's summary writer:
+  importing TensorFlow took 12 s of every launch here (measured), for runs that need it nowhere
+  else (data.needs_tensorflow).
   Raises StorageError (one line) when a write fails, e.g. on a full disk.
   """
 
   def __init__(self, workdir, first_step: int = 0, enabled: bool = True):
-    self._jsonl = self._tensorboard = None
+    self._jsonl = self._events = None
     if enabled:
-      from flax.metrics import tensorboard  # TensorFlow's summary writer underneath
       self._path = epath.Path(workdir) / "metrics.jsonl"
       if self._path.exists():
         kept = [r for r in read(workdir) if r.get("step", 0) <= first_step]
         files.write_text(self._path, "".join(json.dumps(r) + "\n" for r in kept))
       self._jsonl = self._path.open("a")
-      self._tensorboard = tensorboard.SummaryWriter(str(workdir))
+      # TensorFlow's name pattern, which TensorBoard looks for; the pid keeps launches apart
+      self._events_path = epath.Path(workdir) / (
+          f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}."
+          f"{next(_writers)}.v2")
+      self._events = self._events_path.open("ab")
+      self._append_events([], 0, first=True)
 
   def write(self, record: dict):
     if self._jsonl is None:
@@ -57,29 +69,35 @@ class MetricsWriter:
       self._jsonl.flush()
     except OSError as e:
       raise files.write_failure(f"the metrics of step {record['step']}", self._path, e) from None
+    from tensorboard.plugins.scalar import summary_v2 as scalar_summary
+    self._append_events([scalar_summary.scalar_pb(name, float(value))
+                         for name, value in record.items() if name != "step"], record["step"])
+
+  def _append_events(self, summaries, step, first=False):
     try:
-      for name, value in record.items():
-        if name != "step":
-          self._tensorboard.scalar(name, value, record["step"])
-      self._tensorboard.flush()
-    except Exception as e:  # TensorFlow raises its own errors (ResourceExhaustedError: disk full)
-      raise files.write_failure(f"the TensorBoard events of step {record['step']}",
-                                self._path.parent, e) from None
+      self._events.write(_event_records(summaries, step, first))
+      self._events.flush()
+    except OSError as e:
+      raise files.write_failure(f"the TensorBoard events of step {step}", self._events_path,
+                                e) from None
 
   def close(self):
     if self._jsonl is not None:
-      jsonl, self._jsonl = self._jsonl, None
-      try:
-        jsonl.close()
-        self._tensorboard.close()
-      except Exception:  # noqa: BLE001 -- a failed write has been reported by `write` already
-        pass
+      handles, self._jsonl = (self._jsonl, self._events), None
+      for handle in handles:
+        try:
+          handle.close()
+        except OSError:  # a failed write has been reported by `write` already
+          pass
 
   def __enter__(self):
     return self
 
   def __exit__(self, *exc_info):
     self.close()
+
+
+_writers = itertools.count()  # two writers of one process in one second get two files
 
 
 def read(workdir) -> list[dict]:
@@ -198,18 +216,15 @@ def _hparams_summary(tag, plugin_data):
   return summary
 
 
-def _write_events(path, summaries, step: int, what: str):
-  """`summaries` (tensorboard Summary protos) at `step`, as an event file at `path` (atomic).
-
-  The TFRecord framing that tensorboard's EventFileWriter uses, without that writer: it opens
-  its file through `tensorboard.compat.tf`, which imports TensorFlow where it is installed, and
-  writes from a background thread that would report a full disk late.
-  """
+def _event_records(summaries, step: int, first: bool = False) -> bytes:
+  """`summaries` (tensorboard Summary protos) at `step` as TFRecord-framed Event records, the
+  framing of TensorBoard's event files; `first`: the file-version record that starts a file."""
   from tensorboard.compat.proto import event_pb2
   from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
   now = time.time()
   events = [event_pb2.Event(wall_time=now, file_version="brain.Event:2",
-                            source_metadata=event_pb2.SourceMetadata(writer="nin_jax.metrics"))]
+                            source_metadata=event_pb2.SourceMetadata(writer="nin_jax.metrics"))
+            ] if first else []
   events += [event_pb2.Event(wall_time=now, step=step, summary=s) for s in summaries]
   records = []
   for event in events:
@@ -217,8 +232,18 @@ def _write_events(path, summaries, step: int, what: str):
     header = struct.pack("<Q", len(data))
     records.append(header + struct.pack("<I", masked_crc32c(header)) + data
                    + struct.pack("<I", masked_crc32c(data)))
+  return b"".join(records)
+
+
+def _write_events(path, summaries, step: int, what: str):
+  """`summaries` (tensorboard Summary protos) at `step`, as an event file at `path` (atomic).
+
+  The TFRecord framing that tensorboard's EventFileWriter uses, without that writer: it opens
+  its file through `tensorboard.compat.tf`, which imports TensorFlow where it is installed, and
+  writes from a background thread that would report a full disk late.
+  """
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise files.write_failure(what, path.parent, e) from None
-  files.write_bytes(path, b"".join(records))
+  files.write_bytes(path, _event_records(summaries, step, first=True))

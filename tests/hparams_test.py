@@ -129,12 +129,20 @@ def test_writing_needs_no_tensorflow(tmp_path):
           "[metrics.TEST_ERROR_TAG]); "
           "metrics.write_hparams(pathlib.Path(sys.argv[1]) / 'gap', {'arm': 'gap'}, "
           "{metrics.TEST_ERROR_TAG: 1.5}, 'gap', 3); "
+          "w = metrics.MetricsWriter(pathlib.Path(sys.argv[1]) / 'gap'); "
+          "w.write({'step': 5, 'loss': 0.25}); w.close(); "
           "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow'))")
   done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
                         text=True, timeout=120, check=True,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(metrics.__file__))))
   assert done.stdout.strip() == "[]"
   assert (tmp_path / "gap" / metrics.HPARAMS_FILE).exists()
+  # the training curve, read back as TensorBoard reads a run's event files
+  from tensorboard.util import tensor_util
+  (curves,) = [p for p in (tmp_path / "gap").iterdir() if p.name.endswith(".v2")]
+  assert [(step, tag, tensor_util.make_ndarray(v.tensor).item(), v.metadata.plugin_data.plugin_name)
+          for step, tag, v in _events(tmp_path / "gap") if tag == "loss"] == [
+              (5, "loss", 0.25, "scalars")]
 
 
 def test_a_failed_write_is_one_storage_error(tmp_path):
