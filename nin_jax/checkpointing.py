@@ -60,6 +60,7 @@ def create_manager(workdir, *, every_steps: int, keep: int, placement=None
   if placement is not None and placement.is_placed and jax.process_count() > 1:
     directory.mkdir(parents=True, exist_ok=True)  # orbax's create=True needs every process
     me = jax.process_index()
+    _signal_keys_of_this_process(me)
     kwargs = dict(create=False, multiprocessing_options=ocp.options.MultiprocessingOptions(
         primary_host=me, active_processes={me},
         barrier_sync_key_prefix=f"{epath.Path(workdir).parent.name}_{epath.Path(workdir).name}"))
@@ -69,6 +70,21 @@ def create_manager(workdir, *, every_steps: int, keep: int, placement=None
   manager = ocp.CheckpointManager(directory, options=options)
   manager.is_placed = bool(placement is not None and placement.is_placed)
   return manager
+
+
+def _signal_keys_of_this_process(process_index: int):
+  """Orbax names the signals of a save (`awaitable_signals_contract_<operation>/...`, in
+  jax.distributed's key-value store, which every process shares) by a per-process counter of
+  operations. Hosts saving runs of their own (a sweep) then use the same names for different
+  saves: one host deleted or waited for the other's keys, and a write hung 5 minutes and failed
+  with DEADLINE_EXCEEDED (seen in this project's 2-process sweep test). Suffixing the process
+  index, as orbax's own per-process directory creation does, keeps each host's keys its own.
+  Every manager of such a process is placed, so the process's saves all agree on the names."""
+  from orbax.checkpoint._src.futures import future
+  suffix = f"_process_{process_index}"
+  contract = future.AwaitableSignalsContract
+  if not contract.awaitable_signals_contract_prefix.endswith(suffix):
+    contract.awaitable_signals_contract_prefix += suffix
 
 
 def restore_latest(manager: ocp.CheckpointManager, state, workdir):
