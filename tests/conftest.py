@@ -1,7 +1,10 @@
 """Every test sees 4 CPU devices, as a 4-chip host would: set before JAX is imported."""
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -19,6 +22,15 @@ def xla_flags(devices):
 os.environ["XLA_FLAGS"] = xla_flags(4)
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# JAX's persistent compilation cache, shared by this session and every process its tests start
+# (they inherit the environment): most tests compile one of a few small programs, and without it
+# each launch.py process compiled them anew. New for each session unless a cache is given (set
+# JAX_COMPILATION_CACHE_DIR to keep one across sessions); entries of every size and compile time.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="nin_jax_tests_xla_cache_")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
 import numpy as np  # noqa: E402
 
