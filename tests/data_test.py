@@ -74,6 +74,12 @@ def test_digits_are_the_real_embedded_digits_with_a_fixed_split():
   assert first.x_train.shape == (1438, 8, 8, 1) and first.x_test.shape == (359, 8, 8, 1)
   np.testing.assert_array_equal(first.y_test, again.y_test)
   assert set(first.y_train) == set(range(10))
+  # read from scikit-learn's own file (without importing it): what its loader returns
+  from sklearn import datasets
+  reference = datasets.load_digits()
+  pixels, labels = data._sklearn_digits()
+  np.testing.assert_array_equal(pixels, reference.data)
+  np.testing.assert_array_equal(labels, reference.target)
 
 
 def write_npz(path, **changes):
