@@ -34,15 +34,11 @@ config_flags.DEFINE_config_file("config", None, "Config file, optionally with a 
 
 def main(argv):
   del argv
-  # TensorFlow only feeds the input pipeline; it must not take GPU/TPU memory from JAX: hidden
-  # from the accelerators before anything imports it, and not imported by runs that need none.
-  from nin_jax import data
-  FLAGS = flags.FLAGS
-  if data.needs_tensorflow(FLAGS.config, (FLAGS.workdir, FLAGS.config.data_dir,
-                                          FLAGS.config.npz_path)):
-    data.tensorflow()
-
+  # TensorFlow only feeds the input pipeline and gs:// paths, and must not take GPU/TPU memory
+  # from JAX: nin_jax.data.tensorflow() hides the accelerators from it wherever it is first
+  # needed, and runs that need none never import it.
   import jax
+  FLAGS = flags.FLAGS
   try:
     if FLAGS.coordinator_address:
       jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU processes only

@@ -135,24 +135,13 @@ def image_shape(config):
   return None
 
 
-IN_MEMORY_SOURCES = ("digits", "npz", "synthetic")  # read without TensorFlow
-
-
-def needs_tensorflow(config, paths=()) -> bool:
-  """Whether a run of `config` reads through TensorFlow: a TFDS or streamed dataset, or a remote
-  path among `paths` (etils.epath opens gs:// through TensorFlow's file system). The other runs
-  never import it: `import tensorflow` alone took 12 s of a launch's start-up on this project's
-  2-core machines (measured), more than the digits network's compilation. A sweep whose arms set
-  another dataset still gets `tensorflow()` before TFDS is imported (tfds_builder calls it)."""
-  from nin_jax import files
-  return config.dataset not in IN_MEMORY_SOURCES or any(
-      path and files.is_remote(path) for path in paths)
-
-
 @functools.cache
 def tensorflow():
   """TensorFlow, which feeds the input pipeline only, hidden from accelerators: their memory is
-  JAX's (launch.py calls this first; the benchmark, nin_jax.cam and direct callers get it too).
+  JAX's. Every use of TensorFlow in nin-jax comes through here first: the TFDS and streamed
+  sources, and remote paths (etils.epath opens gs:// through TensorFlow; files.check_reachable).
+  Runs on digits, npz or synthetic data on local disks never import it: the import alone took
+  12 s of a launch on this project's 2-core machines (measured).
   tensorflow-cpu sees none anyway; a full tensorflow install would take GPU memory."""
   import tensorflow as tf
   try:
@@ -167,12 +156,11 @@ def tfds_builder(name, data_dir, download):
   """The TFDS builder of dataset `name`, prepared in `data_dir` (downloaded first when `download`
   allows). Raises DataError (one line: the dataset, the data_dir and the fixes) when data_dir does
   not exist or the dataset is not prepared there."""
-  tensorflow()  # before TFDS imports it
-  import tensorflow_datasets as tfds  # heavy, and only the TFDS sources need it
-
-  files.check_reachable(data_dir, "--config.data_dir")
+  files.check_reachable(data_dir, "--config.data_dir")  # before the 12 s of importing TensorFlow
   if data_dir and not _exists(data_dir):
     raise DataError(f"data_dir {data_dir!r} does not exist; create it, or fix --config.data_dir")
+  tensorflow()  # before TFDS imports it
+  import tensorflow_datasets as tfds  # heavy, and only the TFDS sources need it
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # DatasetNotFoundError, or a config or version TFDS does not know

@@ -67,6 +67,8 @@ def check_reachable(path, flag: str):
   """
   if not path or not is_remote(path):
     return
+  from nin_jax import data  # TensorFlow hidden from accelerators before epath imports it
+  data.tensorflow()
   scheme, _, rest = os.fspath(path).partition("://")
   bucket = f"{scheme}://{rest.split('/')[0]}"
   causes = ("Likely causes: no network on this machine, no such bucket, or no credentials (run "

@@ -42,7 +42,7 @@ class MetricsWriter:
   files and shows the newest value of a step); a record cut by a kill ends that file's reading.
   The events are framed here, as `_write_events` does, not by TensorFlow's summary writer:
   importing TensorFlow took 12 s of every launch here (measured), for runs that need it nowhere
-  else (data.needs_tensorflow).
+  else (data.tensorflow).
   Raises StorageError (one line) when a write fails, e.g. on a full disk.
   """
 
