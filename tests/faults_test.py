@@ -49,6 +49,7 @@ def test_paths_are_resolved_once_at_the_entry_point(tmp_path, monkeypatch):
 
 def test_relative_workdir_and_npz_path_train_checkpoint_and_resume(tmp_path, monkeypatch):
   """The instance: --workdir=runs/a made every checkpoint save fail and the run die."""
+  # Over 20 s: two launch.py processes started from another folder, as a user would.
   write_npz(tmp_path / "d.npz", x_train=np.random.default_rng(0).integers(
       0, 256, (64, 8, 8, 1), np.uint8), y_train=np.arange(64) % 4,
       x_test=np.zeros((7, 8, 8, 1), np.uint8))
@@ -289,6 +290,7 @@ def test_an_unreachable_gs_workdir_is_one_line(tmp_path):
 def test_a_full_disk_is_one_line_and_the_run_resumes_once_space_is_freed(tmp_path):
   """A 1.2 MB tmpfs holds one digits checkpoint (~0.9 MB), not two: the write of step 20 fails.
   Mounted in a private mount namespace (unshare), so the test needs no privileges of its own."""
+  # Over 20 s: two launch.py processes in a private mount namespace around a 1.2 MB tmpfs.
   mount = tmp_path / "small_disk"
   mount.mkdir()
   workdir = mount / "run"
@@ -329,6 +331,7 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_pa
 
 
 def test_a_workdir_that_cannot_be_created_is_one_line(tmp_path):
+  # Over 20 s: two launch.py processes.
   (tmp_path / "a_file").write_text("")
   result = run_launch("--config=experiments/default.py:digits",
                       f"--workdir={tmp_path / 'a_file'}", devices=1, timeout=120)

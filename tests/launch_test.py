@@ -5,6 +5,8 @@ from conftest import run_launch
 
 
 def test_digits_quick_run_reaches_97_percent(tmp_path):
+  # Over 20 s: README's first command as a user runs it, to the end (1,320 steps): the accuracy it
+  # promises.
   result = run_launch("--config=experiments/default.py:digits", f"--workdir={tmp_path}", devices=1)
   assert result.returncode == 0, result.stderr[-3000:]
   summary = json.loads((tmp_path / "summary.json").read_text())
@@ -20,6 +22,7 @@ def last_line(result):
 
 
 def test_missing_tfds_dataset_fails_fast_with_one_clear_line(tmp_path):
+  # Over 20 s: a launch.py process that imports TensorFlow to ask TFDS.
   result = run_launch("--config=experiments/default.py", f"--workdir={tmp_path / 'w'}",
                       f"--config.data_dir={tmp_path}", timeout=120)
   assert result.returncode != 0

@@ -128,6 +128,7 @@ def reference_logits(params, x, blocks, num_classes):
 
 
 def test_optimised_model_matches_a_plain_formulation_in_logits_and_gradients():
+  # Over 20 s: the CIFAR network's gradients, op by op, in two formulations.
   model = models.create_model("nin_cifar", 10)
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
   labels = jnp.arange(4)
@@ -154,6 +155,7 @@ def test_optimised_model_matches_a_plain_formulation_in_logits_and_gradients():
 
 
 def test_bfloat16_compute_keeps_float32_weights_and_logits():
+  # Over 20 s: the CIFAR network op by op in both dtypes, bfloat16 emulated on this CPU.
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
   f32 = models.create_model("nin_cifar", 10)
   bf16 = models.create_model("nin_cifar", 10, dtype="bfloat16")
@@ -167,6 +169,8 @@ def test_bfloat16_compute_keeps_float32_weights_and_logits():
 
 @pytest.mark.parametrize("head, scale", [("gap", 1.6), ("fc", 1.3)])
 def test_bfloat16_gradients_match_a_float32_reference(head, scale):
+  # Over 20 s: the CIFAR network's forward and backward, op by op, in float32 and in bfloat16, which
+  # this CPU emulates.
   # What mixed precision promises (README.md, "Mixed precision"): the function and gradients of
   # float32 to bfloat16 precision (8 significant bits), so that an SGD step points the same
   # way. The mean cross-entropy in train mode (the same dropout masks: the same key); gradients

@@ -38,6 +38,7 @@ def launch_two_processes(workdir, args=RUN):
 
 
 def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
+  # Over 20 s: 2 x 2 processes on loopback and a 4-device process: multi-host needs real processes.
   logs = launch_two_processes(tmp_path / "two")
   # Each process loads only its own shard: 719 + 719 of the 1,438 training digits.
   shards = [re.search(r"Data: digits, (\d+) train, (\d+) validation and (\d+) test examples on "
@@ -92,6 +93,8 @@ def test_hosts_split_a_sweep_without_talking_and_a_relaunch_finishes_each_run_on
   relaunched on 2 processes x 2 devices: each run left is trained once, by one host, the half-done
   one from its checkpoint; every result equals an uninterrupted sweep's. Then the same sweep in
   per-host folders, copied together: the same report."""
+  # Over 20 s: an uninterrupted 4-run sweep, then two 2-process launches (shared and per-host
+  # folders): each process imports JAX and compiles its steps.
   import jax
   from nin_jax import report, sweep, train
   from nin_jax.placement import Placement

@@ -28,6 +28,8 @@ def _steps_logged(workdir):
 
 
 def test_kill_9_at_random_steps_then_relaunch_is_bit_identical(tmp_path):
+  # Over 20 s: 7 launch.py processes (a reference, 3 killed, 3 resumed): a kill needs a real
+  # process.
   reference = run_launch(*KILL_RUN, f"--workdir={tmp_path / 'reference'}", devices=2)
   assert reference.returncode == 0, reference.stderr[-2000:]
   expected = flatten(final_params(tmp_path / "reference"))

@@ -147,6 +147,7 @@ def test_grayscale_and_cmyk_jpegs_decode_to_rgb(data_dir):
 
 
 def test_resumed_run_equals_uninterrupted_run(data_dir, tmp_path):
+  # Over 20 s: three streamed runs through tf.data.
   config = imagenette_config(data_dir)
   straight = train.train_and_evaluate(config, tmp_path / "straight", progress_bar=False)
   first = train.train_and_evaluate(config, tmp_path / "resumed", stop_at_step=5,
@@ -274,6 +275,8 @@ def test_configs_that_cannot_stream_are_one_line(data_dir, tmp_path, field, valu
 
 
 def test_launch_trains_and_resumes_on_two_hosts_like_one(data_dir, tmp_path):
+  # Over 20 s: 2 processes on loopback and a 4-device process, each importing TensorFlow for the
+  # stream.
   from multihost_test import launch_two_processes
   args = ["--config=experiments/imagenet.py:imagenette", f"--config.data_dir={data_dir}",
           "--config.streaming.image_size=16", "--config.model.preset=nin_digits",
@@ -292,6 +295,8 @@ def test_launch_trains_and_resumes_on_two_hosts_like_one(data_dir, tmp_path):
 
 
 def test_kill_9_then_relaunch_is_bit_identical(data_dir, tmp_path):
+  # Over 20 s: 3 launch.py processes with TensorFlow (reference, killed, resumed): a kill needs a
+  # real process.
   args = ["--config=experiments/imagenet.py:imagenette", f"--config.data_dir={data_dir}",
           "--config.streaming.image_size=16", "--config.model.preset=nin_digits",
           "--config.batch_size=8", "--config.eval_batch_size=8", "--config.num_epochs=3",

@@ -75,6 +75,7 @@ def tiny_sweep_config():
 @pytest.fixture(scope="module")
 def half_finished_then_resumed(tmp_path_factory):
   """A sweep with one run finished and one stopped at step 6, then relaunched."""
+  # Over 20 s: 4 short runs and a report, shared by the 4 tests that inspect them.
   workdir = tmp_path_factory.mktemp("sweep")
   config = tiny_sweep_config()
   runs = {r.subdir: r for r in sweep.expand(config)}
@@ -193,6 +194,7 @@ def _summaries(workdir):
 def test_placed_sweep_equals_one_at_a_time_and_a_run_alone(tmp_path):
   """4 runs at once, one per device, against the same sweep one run at a time, and the run that
   trained on device 3 against the same run launched alone on a one-device machine."""
+  # Over 20 s: the same 4-run sweep twice (placed, one at a time) and one launch.py process alone.
   import jax
   sweep.run_sweep(_short_sweep(devices_per_run=1, runs_at_once=4), tmp_path / "placed")
   sweep.run_sweep(_short_sweep(devices_per_run=1, runs_at_once=1), tmp_path / "serial")
@@ -229,6 +231,7 @@ def test_placed_sweep_equals_one_at_a_time_and_a_run_alone(tmp_path):
 
 def test_placed_runs_on_two_device_groups_equal_one_at_a_time(tmp_path):
   """devices_per_run=2: two runs at once on devices [0, 1] and [2, 3], each splitting its batch."""
+  # Over 20 s: the same 2-run sweep twice.
   sweep.run_sweep(_short_sweep(devices_per_run=2, runs_at_once=2, num_seeds=2), tmp_path / "p")
   sweep.run_sweep(_short_sweep(devices_per_run=2, runs_at_once=1, num_seeds=2), tmp_path / "s")
   placed, serial = _summaries(tmp_path / "p"), _summaries(tmp_path / "s")
@@ -240,6 +243,7 @@ def test_placed_runs_on_two_device_groups_equal_one_at_a_time(tmp_path):
 def test_a_failing_run_stops_the_others_at_a_checkpoint_and_names_itself(tmp_path):
   """Runs at learning rates 0.05 and 1e4 side by side: the latter fail (NaN loss) and name
   themselves; the others stop where they are, each with a checkpoint to resume from."""
+  # Over 20 s: 4 runs side by side, compiled for two learning rates.
   config = _short_sweep(devices_per_run=1, runs_at_once=4, num_seeds=2)
   config.ablation.arms = default.ablation(
       sweep.arm_set("optimizer.learning_rate", (0.05, 1e4)), num_seeds=2).arms

@@ -14,6 +14,8 @@ SHORT_RUN = ["--config=experiments/default.py:digits", "--config.num_epochs=0.5"
 
 
 def test_one_device_and_four_devices_give_the_same_parameters(tmp_path):
+  # Over 20 s: two launch.py processes, with 1 and 4 devices: a process's device count is fixed at
+  # start.
   # Dropout masks are drawn per device by design, so this comparison runs without dropout;
   # augmentation stays on: its randomness follows the example, not the device.
   args = SHORT_RUN + ["--config.model.dropout=0.0"]
@@ -33,6 +35,7 @@ def test_one_device_and_four_devices_give_the_same_parameters(tmp_path):
 def test_micro_batches_give_the_same_update_as_the_whole_batch():
   """config.microbatch_size is a speed setting: averaging the micro-batches' gradients must give
   the whole batch's update (without dropout, whose masks are drawn per micro-batch)."""
+  # Over 20 s: the CIFAR network's train step, compiled whole and in micro-batches.
   import jax.numpy as jnp
   import ml_collections
   from nin_jax import data, models
