@@ -2,9 +2,10 @@ r"""Train and evaluate NIN: `python launch.py --config=experiments/default.py:di
 
 An ablation config (experiments/ablate_*.py) runs every arm x seed and writes a report.
 
-Thin on purpose: flags, process set-up (TensorFlow kept off the accelerators, jax.distributed on
-several hosts), then `nin_jax.train.train_and_evaluate`. Relaunching with the same --workdir
-resumes from the latest checkpoint there.
+Thin on purpose: flags, process set-up (jax.distributed on several hosts; TensorFlow, where a
+run needs it, is hidden from the accelerators by nin_jax.data.tensorflow()), then
+`nin_jax.train.train_and_evaluate`. Relaunching with the same --workdir resumes from the latest
+checkpoint there.
 """
 import os
 import re

@@ -138,8 +138,11 @@ def image_shape(config):
 @functools.cache
 def tensorflow():
   """TensorFlow, which feeds the input pipeline only, hidden from accelerators: their memory is
-  JAX's. Every use of TensorFlow in nin-jax comes through here first: the TFDS and streamed
-  sources, and remote paths (etils.epath opens gs:// through TensorFlow; files.check_reachable).
+  JAX's. The TFDS and streamed sources call it before they use TensorFlow, and
+  files.check_reachable before a gs:// path is touched (etils.epath opens gs:// through
+  TensorFlow), which launch.py does for every path it is given. A few other imports of TensorFlow
+  (an npz on gs:// reached from Python, local_tfds) do not start its runtime, so this still hides
+  the accelerators when it is called later.
   Runs on digits, npz or synthetic data on local disks never import it: the import alone took
   12 s of a launch on this project's 2-core machines (measured).
   tensorflow-cpu sees none anyway; a full tensorflow install would take GPU memory."""

@@ -7,7 +7,7 @@ A finished run also gets its hparams and final errors in TensorBoard's HParams d
 (`write_hparams_config`); `tensorboard --logdir <sweep workdir>` then shows arms x seeds in one
 table. These event files are built from TensorBoard's own protos, without TensorFlow.
 """
-import itertools
+import contextlib
 import json
 import logging
 import os
@@ -38,8 +38,9 @@ class MetricsWriter:
   A resumed run continues the file from its checkpoint's step: on opening, the log is cut back
   to its readable records of steps <= `first_step` (rewritten atomically), so a line cut by a
   kill and the records of steps the resumed run will repeat are gone, and the log never holds
-  two records of one step. Each launch writes its own event file (TensorBoard merges a folder's
-  files and shows the newest value of a step); a record cut by a kill ends that file's reading.
+  two records of one step. Each launch writes its own event file; TensorBoard merges a folder's
+  files (its default data server keeps the later file's value of a step repeated after a resume;
+  the legacy loader shows both), and a record cut by a kill ends that file's reading.
   The events are framed here, as `_write_events` does, not by TensorFlow's summary writer:
   importing TensorFlow took 12 s of every launch here (measured), for runs that need it nowhere
   else (data.tensorflow).
@@ -53,12 +54,16 @@ class MetricsWriter:
       if self._path.exists():
         kept = [r for r in read(workdir) if r.get("step", 0) <= first_step]
         files.write_text(self._path, "".join(json.dumps(r) + "\n" for r in kept))
-      self._jsonl = self._path.open("a")
-      # TensorFlow's name pattern, which TensorBoard looks for; the pid keeps launches apart
+      # epath's open is a context manager on some backends (gs:// through TensorFlow): entered
+      self._files = contextlib.ExitStack()
+      self._jsonl = self._files.enter_context(self._path.open("a"))
+      # TensorFlow's name pattern, which TensorBoard looks for; the pid keeps launches apart, and
+      # the nanosecond clock keeps a process's files in the order they were written (TensorBoard
+      # reads a run's files sorted by name)
       self._events_path = epath.Path(workdir) / (
           f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}."
-          f"{next(_writers)}.v2")
-      self._events = self._events_path.open("ab")
+          f"{time.time_ns():020d}.v2")
+      self._events = self._files.enter_context(self._events_path.open("ab"))
       self._append_events([], 0, first=True)
 
   def write(self, record: dict):
@@ -67,7 +72,7 @@ class MetricsWriter:
     try:
       self._jsonl.write(json.dumps(record) + "\n")
       self._jsonl.flush()
-    except OSError as e:
+    except Exception as e:  # OSError; tf.errors.OpError on gs:// (not an OSError)
       raise files.write_failure(f"the metrics of step {record['step']}", self._path, e) from None
     from tensorboard.plugins.scalar import summary_v2 as scalar_summary
     self._append_events([scalar_summary.scalar_pb(name, float(value))
@@ -77,18 +82,17 @@ class MetricsWriter:
     try:
       self._events.write(_event_records(summaries, step, first))
       self._events.flush()
-    except OSError as e:
+    except Exception as e:  # OSError; tf.errors.OpError on gs:// (not an OSError)
       raise files.write_failure(f"the TensorBoard events of step {step}", self._events_path,
                                 e) from None
 
   def close(self):
     if self._jsonl is not None:
-      handles, self._jsonl = (self._jsonl, self._events), None
-      for handle in handles:
-        try:
-          handle.close()
-        except OSError:  # a failed write has been reported by `write` already
-          pass
+      self._jsonl = self._events = None
+      try:
+        self._files.close()
+      except Exception:  # noqa: BLE001 -- a failed write has been reported by `write` already
+        pass
 
   def __enter__(self):
     return self
@@ -96,8 +100,6 @@ class MetricsWriter:
   def __exit__(self, *exc_info):
     self.close()
 
-
-_writers = itertools.count()  # two writers of one process in one second get two files
 
 
 def read(workdir) -> list[dict]:
