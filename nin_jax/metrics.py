@@ -101,7 +101,6 @@ class MetricsWriter:
     self.close()
 
 
-
 def read(workdir) -> list[dict]:
   """The records of `workdir/metrics.jsonl`, oldest first; [] when there is none.
 
