@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from nin_jax import checkpointing, files, metrics, report, train, validation
+from nin_jax import checkpointing, files, metrics, train, validation
 from nin_jax import workdir as run_workdir
 from nin_jax.errors import ConfigError, NinError
 from nin_jax.placement import Placement
@@ -292,6 +292,8 @@ def run_sweep(config, workdir, only_arms=None, overwrite=False):
   if error is not None:
     raise error
   if jax.process_index() == 0:
+    # imported here: scipy.stats (the report's tests) took 2.2 s of every launch, sweep or not
+    from nin_jax import report
     return report.write_report(workdir)
 
 

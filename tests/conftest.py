@@ -1,11 +1,15 @@
 """Every test sees 4 CPU devices, as a 4-chip host would: set before JAX is imported."""
 import atexit
+import contextlib
+import io
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from unittest import mock
 
 
 
@@ -73,6 +77,51 @@ def run_launch(*args, devices=4, timeout=600):
   env = dict(os.environ, XLA_FLAGS=xla_flags(devices))
   return subprocess.run([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+def launch_here(*args, cwd=None):
+  """`python launch.py ARGS` run in this process, as launch.py's `app.run` runs it: its flag
+  parsing (`parse_flags`), then `main`, on this process's 4 devices. For tests of what launch.py
+  says and writes; a process costs ~9 s of imports and tracing that this one has paid once. What
+  only a process shows stays on `run_launch`: its device count, stderr holding nothing else, locks
+  (held per process), kill -9, jax.distributed.
+
+  Returns a CompletedProcess as `run_launch` does: returncode 1 and the message last in stderr
+  for sys.exit("error: ..."), as Python prints it; stderr also holds the run's log lines. An
+  exception that escapes `main` fails the test, as a process would die with a traceback."""
+  import launch
+  from absl import flags
+  log = io.StringIO()
+  handler = logging.StreamHandler(log)
+  handler.addFilter(checkpointing._QuietOrbax())  # as launch.main quiets absl's own handler
+  root = logging.getLogger()
+  root.addHandler(handler)
+  level = root.level
+  argv = ["launch.py", *map(str, args)]
+  code = 0
+  try:
+    # ml_collections reads the --config.x overrides from sys.argv itself
+    with contextlib.chdir(cwd or REPO), mock.patch.object(sys, "argv", argv):
+      flags.FLAGS.unparse_flags()  # every flag back to its default, as in a new process
+      # ml_collections loads the config file as module "config_config" and would run a new file
+      # into the namespace of the last one: a file without get_config would inherit it
+      sys.modules.pop("config_config", None)
+      try:
+        remaining = launch.parse_flags(argv)
+        root.setLevel(logging.INFO)  # as absl's app.run sets it in a process
+        launch.main(remaining)
+      except SystemExit as e:
+        code = e.code
+  finally:
+    root.removeHandler(handler)
+    root.setLevel(level)
+    flags.FLAGS.unparse_flags()
+    for name in [name for name in flags.FLAGS if name.startswith("config.")]:
+      delattr(flags.FLAGS, name)  # the overrides ml_collections defined for this argv
+  if isinstance(code, str):  # Python prints the message and exits with 1
+    log.write(code + "\n")
+    code = 1
+  return subprocess.CompletedProcess(["launch.py", *args], code or 0, "", log.getvalue())
 
 
 def final_params(workdir):

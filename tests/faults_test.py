@@ -14,7 +14,7 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import REPO, digits_config, run_launch, xla_flags
+from conftest import REPO, digits_config, launch_here, run_launch, xla_flags
 from data_test import write_npz
 from report_test import write_fake_sweep
 
@@ -49,7 +49,8 @@ def test_paths_are_resolved_once_at_the_entry_point(tmp_path, monkeypatch):
 
 def test_relative_workdir_and_npz_path_train_checkpoint_and_resume(tmp_path, monkeypatch):
   """The instance: --workdir=runs/a made every checkpoint save fail and the run die."""
-  # Over 20 s: two launch.py processes started from another folder, as a user would.
+  # Over 20 s: a launch.py process started from another folder, as a user would, then the
+  # relaunch from there in this process.
   write_npz(tmp_path / "d.npz", x_train=np.random.default_rng(0).integers(
       0, 256, (64, 8, 8, 1), np.uint8), y_train=np.arange(64) % 4,
       x_test=np.zeros((7, 8, 8, 1), np.uint8))
@@ -65,7 +66,7 @@ def test_relative_workdir_and_npz_path_train_checkpoint_and_resume(tmp_path, mon
   saved = json.loads((run / "config.json").read_text())
   assert saved["npz_path"] == str(tmp_path / "d.npz")  # absolute in the saved config
   trained = json.loads((run / "summary.json").read_text())
-  again = launch_in(tmp_path, *args)
+  again = launch_here(*args, cwd=tmp_path)
   assert again.returncode == 0, again.stderr[-3000:]
   assert f"Resuming from checkpoint step 12 in {run / 'checkpoints'}" in again.stderr
   evaluated = json.loads((run / "summary.json").read_text())  # a relaunch only re-evaluates:
@@ -86,8 +87,8 @@ def test_relative_workdir_and_npz_path_train_checkpoint_and_resume(tmp_path, mon
 
 
 def test_relative_data_dir_is_resolved_in_its_error(tmp_path):
-  result = launch_in(tmp_path, f"--config={REPO / 'experiments/default.py'}",
-                     "--workdir=w", "--config.data_dir=no/such", timeout=120)
+  result = launch_here(f"--config={REPO / 'experiments/default.py'}", "--workdir=w",
+                       "--config.data_dir=no/such", cwd=tmp_path)
   assert result.returncode == 1
   assert last_line(result).startswith(f"error: data_dir '{tmp_path / 'no/such'}' does not exist")
 
@@ -159,11 +160,10 @@ def test_an_empty_summary_means_not_finished_with_one_warning(tmp_path, caplog):
 def test_unreadable_sweep_json_is_one_line(tmp_path):
   write_fake_sweep(tmp_path, {"gap": [1.0, 2.0]})
   (tmp_path / "sweep.json").write_text("")
-  result = subprocess.run([sys.executable, "-m", "nin_jax.report", str(tmp_path)],
-                          capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
-  assert result.returncode == 1 and "Traceback" not in result.stderr
-  assert last_line(result).startswith(f"error: {tmp_path / 'sweep.json'} is unreadable")
+  # `python -m nin_jax.report DIR`'s main, in this process (sweep_test runs the command itself)
+  with pytest.raises(SystemExit) as exit_:
+    report.main(["report", str(tmp_path)])
+  assert str(exit_.value.code).startswith(f"error: {tmp_path / 'sweep.json'} is unreadable")
 
 
 def test_an_unreadable_config_json_resumes_only_what_it_can_match(tmp_path, caplog):
@@ -220,8 +220,8 @@ def test_a_preset_too_big_for_the_images_is_refused_with_its_smallest_input(tmp_
     validation.validate(digits_config(**{"model.preset": "nin_imagenet"}))
   model = train.create_model(digits_config(**{"model.preset": "nin_imagenet"}), 10)
   assert validation.block_shapes(model, (39, 39, 3))[-1][1] == (1, 1, 1, 10)
-  result = run_launch("--config=experiments/default.py:digits", f"--workdir={tmp_path / 'w'}",
-                      "--config.model.preset=nin_imagenet", devices=1, timeout=120)
+  result = launch_here("--config=experiments/default.py:digits", f"--workdir={tmp_path / 'w'}",
+                       "--config.model.preset=nin_imagenet")
   assert result.returncode == 1 and "Traceback" not in result.stderr
   assert "smallest input is 39 x 39" in last_line(result)
   assert not (tmp_path / "w").exists()
@@ -266,8 +266,9 @@ def test_zca_on_images_too_large_is_refused_before_any_work():
     (["--workdir="], "error: --workdir is empty"),
 ])
 def test_flags_that_need_other_flags_are_one_line(args, message, tmp_path):
-  result = run_launch("--config=experiments/default.py:digits", f"--workdir={tmp_path / 'w'}",
-                      *args, devices=1, timeout=120)
+  # --multihost reaches jax.distributed.initialize, which this test process must not call
+  launch = run_launch if "--multihost" in args else launch_here
+  result = launch("--config=experiments/default.py:digits", f"--workdir={tmp_path / 'w'}", *args)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert last_line(result).startswith(message), last_line(result)
   assert not (tmp_path / "w").exists()
@@ -277,8 +278,8 @@ def test_flags_that_need_other_flags_are_one_line(args, message, tmp_path):
 
 def test_an_unreachable_gs_workdir_is_one_line(tmp_path):
   """No network here (and none in CI): TensorFlow's GCS file system fails; one line says why."""
-  result = run_launch("--config=experiments/default.py:digits",
-                      "--workdir=gs://nin-jax-no-such-bucket-7f3a/run", devices=1, timeout=300)
+  result = launch_here("--config=experiments/default.py:digits",
+                       "--workdir=gs://nin-jax-no-such-bucket-7f3a/run")
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
   line = last_line(result)
   assert line.startswith("error: --workdir=gs://nin-jax-no-such-bucket-7f3a/run"), line
@@ -331,12 +332,11 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temporary(tmp_pa
 
 
 def test_a_workdir_that_cannot_be_created_is_one_line(tmp_path):
-  # Over 20 s: two launch.py processes.
   (tmp_path / "a_file").write_text("")
-  result = run_launch("--config=experiments/default.py:digits",
-                      f"--workdir={tmp_path / 'a_file'}", devices=1, timeout=120)
+  result = launch_here("--config=experiments/default.py:digits", f"--workdir={tmp_path / 'a_file'}")
   assert result.returncode == 1 and last_line(result) == (
       f"error: --workdir={tmp_path / 'a_file'} is a file, not a folder; pick another --workdir")
+  # a process of its own: launch.py's one line for an OSError, as a user sees it
   result = run_launch("--config=experiments/default.py:digits",
                       f"--workdir={tmp_path / 'a_file' / 'run'}", devices=1, timeout=120)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -415,8 +415,7 @@ def test_decay_epochs_on_the_same_step_and_runs_shorter_than_a_step_are_refused(
 ])
 def test_a_broken_config_file_is_one_line(contents, message, tmp_path):
   (tmp_path / "my_config.py").write_text(contents)
-  result = run_launch(f"--config={tmp_path / 'my_config.py'}", f"--workdir={tmp_path / 'w'}",
-                      devices=1, timeout=120)
+  result = launch_here(f"--config={tmp_path / 'my_config.py'}", f"--workdir={tmp_path / 'w'}")
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert last_line(result).startswith(message), last_line(result)
 
@@ -436,8 +435,8 @@ def test_a_workdir_with_glob_characters_is_refused(tmp_path):
   """Orbax merges a checkpoint's per-process folders with a glob that includes the folder."""
   with pytest.raises(ConfigError, match=r"glob character .* rename it"):
     files.resolve(tmp_path / "a[lr=0.1]")
-  result = run_launch("--config=experiments/default.py:digits",
-                      f"--workdir={tmp_path / 'b[lr=0.1]'}", devices=1, timeout=120)
+  result = launch_here("--config=experiments/default.py:digits",
+                       f"--workdir={tmp_path / 'b[lr=0.1]'}")
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert "glob character" in last_line(result)
   assert not (tmp_path / "b[lr=0.1]").exists()

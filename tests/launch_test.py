@@ -1,7 +1,7 @@
 """launch.py as a user runs it: the quick digits job, and one-line errors for bad input."""
 import json
 
-from conftest import run_launch
+from conftest import launch_here, run_launch
 
 
 def test_digits_quick_run_reaches_97_percent(tmp_path):
@@ -22,9 +22,8 @@ def last_line(result):
 
 
 def test_missing_tfds_dataset_fails_fast_with_one_clear_line(tmp_path):
-  # Over 20 s: a launch.py process that imports TensorFlow to ask TFDS.
-  result = run_launch("--config=experiments/default.py", f"--workdir={tmp_path / 'w'}",
-                      f"--config.data_dir={tmp_path}", timeout=120)
+  result = launch_here("--config=experiments/default.py", f"--workdir={tmp_path / 'w'}",
+                       f"--config.data_dir={tmp_path}")
   assert result.returncode != 0
   line = last_line(result)
   assert line.startswith("error: TFDS dataset 'cifar10' is not prepared"), line
@@ -34,15 +33,15 @@ def test_missing_tfds_dataset_fails_fast_with_one_clear_line(tmp_path):
 
 
 def test_misspelled_config_key_is_an_error(tmp_path):
-  result = run_launch("--config=experiments/default.py:digits", f"--workdir={tmp_path}",
-                      "--config.model.haed=fc", timeout=120)
+  result = launch_here("--config=experiments/default.py:digits", f"--workdir={tmp_path}",
+                       "--config.model.haed=fc")
   assert result.returncode != 0
   assert "haed" in result.stderr
 
 
 def test_unknown_head_is_one_line(tmp_path):
-  result = run_launch("--config=experiments/default.py:digits", f"--workdir={tmp_path}",
-                      "--config.model.head=gpa", timeout=120)
+  result = launch_here("--config=experiments/default.py:digits", f"--workdir={tmp_path}",
+                       "--config.model.head=gpa")
   assert result.returncode != 0
   assert last_line(result) == ("error: --config.model.head='gpa' is not one of "
                                "['gap', 'fc', 'fc_dropout']")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
-from conftest import REPO, xla_flags, final_params, flatten, run_launch
+from conftest import REPO, xla_flags, final_params, flatten, launch_here
 
 RUN = ["--config=experiments/default.py:digits", "--config.num_epochs=0.5",
        "--config.log_every_steps=5", "--config.eval_every_steps=0",
@@ -38,7 +38,7 @@ def launch_two_processes(workdir, args=RUN):
 
 
 def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
-  # Over 20 s: 2 x 2 processes on loopback and a 4-device process: multi-host needs real processes.
+  # Over 20 s: 2 x 2 processes on loopback, twice: multi-host needs real processes.
   logs = launch_two_processes(tmp_path / "two")
   # Each process loads only its own shard: 719 + 719 of the 1,438 training digits.
   shards = [re.search(r"Data: digits, (\d+) train, (\d+) validation and (\d+) test examples on "
@@ -49,8 +49,8 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
   for i, log in enumerate(logs):
     assert f"Devices: 4 (2 local, process {i} of 2)" in log
 
-  # One process with 4 devices, the same 2 data parts.
-  one = run_launch(*RUN, "--config.data_shards=2", f"--workdir={tmp_path / 'one'}", devices=4)
+  # One process with 4 devices (this one), the same 2 data parts.
+  one = launch_here(*RUN, "--config.data_shards=2", f"--workdir={tmp_path / 'one'}")
   assert one.returncode == 0, one.stderr[-3000:]
   a, b = flatten(final_params(tmp_path / "two")), flatten(final_params(tmp_path / "one"))
   for name in a:

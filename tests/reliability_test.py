@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, xla_flags, digits_config, final_params, flatten, run_launch
+from conftest import REPO, xla_flags, digits_config, final_params, flatten, launch_here, run_launch
 
 from nin_jax import data, train, validation
 from nin_jax import workdir as run_workdir
@@ -28,12 +28,12 @@ def _steps_logged(workdir):
 
 
 def test_kill_9_at_random_steps_then_relaunch_is_bit_identical(tmp_path):
-  # Over 20 s: 7 launch.py processes (a reference, 3 killed, 3 resumed): a kill needs a real
-  # process.
-  reference = run_launch(*KILL_RUN, f"--workdir={tmp_path / 'reference'}", devices=2)
+  # Over 20 s: 3 launch.py processes, killed (a kill needs a real process); the reference and the
+  # relaunches run launch.py in this process, on the same 4 devices.
+  reference = launch_here(*KILL_RUN, f"--workdir={tmp_path / 'reference'}")
   assert reference.returncode == 0, reference.stderr[-2000:]
   expected = flatten(final_params(tmp_path / "reference"))
-  env = dict(os.environ, XLA_FLAGS=xla_flags(2))
+  env = dict(os.environ, XLA_FLAGS=xla_flags(4))
   trials = random.Random(0).sample(range(2, 40), 3)
   for kill_after in trials:
     workdir = tmp_path / f"killed_at_{kill_after}"
@@ -48,7 +48,7 @@ def test_kill_9_at_random_steps_then_relaunch_is_bit_identical(tmp_path):
     process.wait()
     killed_at = _steps_logged(workdir)
     assert killed_at < 44, "the run finished before it could be killed"
-    resumed = run_launch(*KILL_RUN, f"--workdir={workdir}", devices=2)
+    resumed = launch_here(*KILL_RUN, f"--workdir={workdir}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     actual = flatten(final_params(workdir))
     for name in expected:
@@ -166,8 +166,8 @@ def test_gap_head_whose_last_width_is_not_num_classes():
     (["--arm=fc"], "error: --arm needs an ablation config"),
 ])
 def test_bad_flags_are_one_line_and_non_zero(args, message, tmp_path):
-  result = run_launch("--config=experiments/default.py:digits", f"--workdir={tmp_path / 'w'}",
-                      *args, timeout=120)
+  result = launch_here("--config=experiments/default.py:digits", f"--workdir={tmp_path / 'w'}",
+                       *args)
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1].startswith(message), result.stderr[-500:]
   assert "Traceback" not in result.stderr
@@ -177,7 +177,7 @@ def test_bad_flags_are_one_line_and_non_zero(args, message, tmp_path):
 def test_config_file_errors_are_one_line(tmp_path):
   for config, message in [("experiments/nope.py", "No such file or directory"),
                           ("experiments/default.py:digitz", "unknown variant 'digitz'")]:
-    result = run_launch(f"--config={config}", f"--workdir={tmp_path}", timeout=120)
+    result = launch_here(f"--config={config}", f"--workdir={tmp_path}")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and message in last, last
@@ -224,7 +224,7 @@ def test_run_saved_before_microbatch_size_existed_resumes(tmp_path):
 def test_second_concurrent_launch_is_refused(tmp_path):
   tmp_path.mkdir(exist_ok=True)
   held = run_workdir.lock(tmp_path)  # as a first launch would
-  try:
+  try:  # a process of its own: a lock is held per process
     result = run_launch("--config=experiments/default.py:digits", f"--workdir={tmp_path}",
                         timeout=120)
   finally:

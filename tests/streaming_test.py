@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import REPO, final_params, flatten, run_launch, set_fields, xla_flags
+from conftest import REPO, final_params, flatten, launch_here, set_fields, xla_flags
 
 from experiments import default
 from nin_jax import cam, data, local_tfds, streaming, train
@@ -275,8 +275,8 @@ def test_configs_that_cannot_stream_are_one_line(data_dir, tmp_path, field, valu
 
 
 def test_launch_trains_and_resumes_on_two_hosts_like_one(data_dir, tmp_path):
-  # Over 20 s: 2 processes on loopback and a 4-device process, each importing TensorFlow for the
-  # stream.
+  # Over 20 s: 2 processes on loopback, each importing TensorFlow for the stream, and the same
+  # launch in this 4-device process.
   from multihost_test import launch_two_processes
   args = ["--config=experiments/imagenet.py:imagenette", f"--config.data_dir={data_dir}",
           "--config.streaming.image_size=16", "--config.model.preset=nin_digits",
@@ -284,7 +284,7 @@ def test_launch_trains_and_resumes_on_two_hosts_like_one(data_dir, tmp_path):
           "--config.model.dropout=0.0", "--config.data_shards=2", "--config.log_every_steps=2",
           "--config.checkpoint_every_steps=4", "--config.optimizer.warmup_epochs=0"]
   launch_two_processes(tmp_path / "two", args)
-  one = run_launch(*args, f"--workdir={tmp_path / 'one'}", devices=4)
+  one = launch_here(*args, f"--workdir={tmp_path / 'one'}")
   assert one.returncode == 0, one.stderr[-3000:]
   a, b = flatten(final_params(tmp_path / "two")), flatten(final_params(tmp_path / "one"))
   for name in a:
@@ -295,16 +295,16 @@ def test_launch_trains_and_resumes_on_two_hosts_like_one(data_dir, tmp_path):
 
 
 def test_kill_9_then_relaunch_is_bit_identical(data_dir, tmp_path):
-  # Over 20 s: 3 launch.py processes with TensorFlow (reference, killed, resumed): a kill needs a
-  # real process.
+  # Over 20 s: a launch.py process with TensorFlow, killed (a kill needs a real process); the
+  # reference and the relaunch run launch.py in this process, on the same 4 devices.
   args = ["--config=experiments/imagenet.py:imagenette", f"--config.data_dir={data_dir}",
           "--config.streaming.image_size=16", "--config.model.preset=nin_digits",
           "--config.batch_size=8", "--config.eval_batch_size=8", "--config.num_epochs=3",
           "--config.log_every_steps=1", "--config.checkpoint_every_steps=5",
           "--config.eval_every_steps=0", "--config.model.init_stddev=0.1"]
-  reference = run_launch(*args, f"--workdir={tmp_path / 'reference'}", devices=2)
+  reference = launch_here(*args, f"--workdir={tmp_path / 'reference'}")
   assert reference.returncode == 0, reference.stderr[-2000:]
-  env = dict(os.environ, XLA_FLAGS=xla_flags(2))
+  env = dict(os.environ, XLA_FLAGS=xla_flags(4))
   workdir = tmp_path / "killed"
   process = subprocess.Popen([sys.executable, "launch.py", *args, f"--workdir={workdir}"],
                              cwd=REPO, env=env, stdout=subprocess.DEVNULL,
@@ -318,7 +318,7 @@ def test_kill_9_then_relaunch_is_bit_identical(data_dir, tmp_path):
     time.sleep(0.02)
   process.send_signal(signal.SIGKILL)
   assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-  resumed = run_launch(*args, f"--workdir={workdir}", devices=2)
+  resumed = launch_here(*args, f"--workdir={workdir}")
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   # every checkpoint (5, 10, 15) is mid-epoch (6 steps an epoch): the records before it are skipped
   assert re.search(r"Resuming at step (5|10|15), \d steps into epoch", resumed.stderr), [

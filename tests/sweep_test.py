@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 
 from experiments import ablate_depth, ablate_head, ablate_head_depth, default
-from nin_jax import cam, checkpointing, metrics, sweep, train
+from nin_jax import cam, checkpointing, metrics, report, sweep, train
 from nin_jax.errors import ConfigError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -167,10 +167,11 @@ def test_class_activation_map_figure(half_finished_then_resumed, tmp_path):
 
 
 def test_report_command_on_a_folder_that_is_no_sweep(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "nin_jax.report", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True)
-  assert result.returncode != 0
-  assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+  # `python -m nin_jax.report DIR`'s main, in this process (the command itself: above)
+  with pytest.raises(SystemExit) as exit_:
+    report.main(["report", str(tmp_path)])
+  message = exit_.value.code
+  assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message
 
 
 # Placement: several runs at once, each on its own devices --------------------------------------
