@@ -79,45 +79,69 @@ def run_launch(*args, devices=4, timeout=600):
                         capture_output=True, text=True, timeout=timeout)
 
 
-def launch_here(*args, cwd=None):
+def launch_here(*args, cwd=None, timeout=600):
   """`python launch.py ARGS` run in this process, as launch.py's `app.run` runs it: its flag
   parsing (`parse_flags`), then `main`, on this process's 4 devices. For tests of what launch.py
-  says and writes; a process costs ~9 s of imports and tracing that this one has paid once. What
-  only a process shows stays on `run_launch`: its device count, stderr holding nothing else, locks
-  (held per process), kill -9, jax.distributed.
+  says and writes: a process costs ~8 s of imports and tracing (a digits launch with a warm
+  compilation cache, measured) that this one has paid once. What only a process shows stays on
+  `run_launch`: its device count, output outside Python (TensorFlow's), locks (held per
+  process), kill -9, jax.distributed.
+
+  As a new process would, each call starts without the datasets earlier calls loaded (the
+  compiled steps stay: they are a function of the config alone). Past `timeout` seconds the
+  worker process is ended with every thread's traceback, as `run_launch` ends its process.
 
   Returns a CompletedProcess as `run_launch` does: returncode 1 and the message last in stderr
-  for sys.exit("error: ..."), as Python prints it; stderr also holds the run's log lines. An
-  exception that escapes `main` fails the test, as a process would die with a traceback."""
+  for sys.exit("error: ..."), as Python prints it; stderr also holds what Python code wrote to
+  sys.stderr and the log records that reach the root logger. An exception that escapes `main`
+  fails the test, as a process would die with a traceback."""
+  import faulthandler
   import launch
   from absl import flags
+  from absl import logging as absl_logging
+  from nin_jax import data, provenance, train
+  assert not {"--multihost", "--coordinator_address"} & {a.split("=")[0] for a in map(str, args)}, (
+      "jax.distributed cannot start in the test process: use run_launch")
+  for cache in (data._loaded, train._on_device):
+    cache.clear()
+  for function in (data._epoch_order, provenance.git_state, provenance.changed_files):
+    function.cache_clear()
   log = io.StringIO()
   handler = logging.StreamHandler(log)
   handler.addFilter(checkpointing._QuietOrbax())  # as launch.main quiets absl's own handler
-  root = logging.getLogger()
+  root, absl_logger = logging.getLogger(), logging.getLogger("absl")
+  levels = root.level, absl_logger.level
+  absl_filters, unraisablehook = list(absl_logging.get_absl_handler().filters), sys.unraisablehook
   root.addHandler(handler)
-  level = root.level
   argv = ["launch.py", *map(str, args)]
   code = 0
+  faulthandler.dump_traceback_later(timeout, exit=True)
   try:
     # ml_collections reads the --config.x overrides from sys.argv itself
-    with contextlib.chdir(cwd or REPO), mock.patch.object(sys, "argv", argv):
+    with (contextlib.chdir(cwd or REPO), mock.patch.object(sys, "argv", argv),
+          contextlib.redirect_stderr(log)):
       flags.FLAGS.unparse_flags()  # every flag back to its default, as in a new process
       # ml_collections loads the config file as module "config_config" and would run a new file
       # into the namespace of the last one: a file without get_config would inherit it
       sys.modules.pop("config_config", None)
       try:
         remaining = launch.parse_flags(argv)
-        root.setLevel(logging.INFO)  # as absl's app.run sets it in a process
+        flags.FLAGS.verbosity = 0  # what app.run sets: INFO, for absl's logger and the root one
+        root.setLevel(logging.INFO)
         launch.main(remaining)
       except SystemExit as e:
         code = e.code
   finally:
+    faulthandler.cancel_dump_traceback_later()
     root.removeHandler(handler)
-    root.setLevel(level)
+    root.setLevel(levels[0])
+    absl_logger.setLevel(levels[1])
+    absl_logging.get_absl_handler().filters[:] = absl_filters  # launch.main's quieting, undone
+    sys.unraisablehook = unraisablehook
     flags.FLAGS.unparse_flags()
     for name in [name for name in flags.FLAGS if name.startswith("config.")]:
       delattr(flags.FLAGS, name)  # the overrides ml_collections defined for this argv
+    sys.modules.pop("config_config", None)
   if isinstance(code, str):  # Python prints the message and exits with 1
     log.write(code + "\n")
     code = 1

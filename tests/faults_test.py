@@ -58,7 +58,7 @@ def test_relative_workdir_and_npz_path_train_checkpoint_and_resume(tmp_path, mon
           "--config.dataset=npz", "--config.npz_path=d.npz", "--config.batch_size=16",
           "--config.num_epochs=3", "--config.log_every_steps=3", "--config.eval_every_steps=0",
           "--config.checkpoint_every_steps=4"]
-  first = launch_in(tmp_path, *args)
+  first = launch_in(tmp_path, *args, devices=4)  # as many devices as the relaunch below
   assert first.returncode == 0, first.stderr[-3000:]
   run = tmp_path / "runs" / "a"
   steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
@@ -266,9 +266,10 @@ def test_zca_on_images_too_large_is_refused_before_any_work():
     (["--workdir="], "error: --workdir is empty"),
 ])
 def test_flags_that_need_other_flags_are_one_line(args, message, tmp_path):
-  # --multihost reaches jax.distributed.initialize, which this test process must not call
-  launch = run_launch if "--multihost" in args else launch_here
-  result = launch("--config=experiments/default.py:digits", f"--workdir={tmp_path / 'w'}", *args)
+  # processes of their own: jax.distributed must not start in the test process (all but
+  # --multihost are refused while the flags are parsed, before JAX is imported: ~1 s each)
+  result = run_launch("--config=experiments/default.py:digits", f"--workdir={tmp_path / 'w'}",
+                      *args, devices=1, timeout=120)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
   assert last_line(result).startswith(message), last_line(result)
   assert not (tmp_path / "w").exists()
@@ -278,8 +279,9 @@ def test_flags_that_need_other_flags_are_one_line(args, message, tmp_path):
 
 def test_an_unreachable_gs_workdir_is_one_line(tmp_path):
   """No network here (and none in CI): TensorFlow's GCS file system fails; one line says why."""
-  result = launch_here("--config=experiments/default.py:digits",
-                       "--workdir=gs://nin-jax-no-such-bucket-7f3a/run")
+  # a process of its own: TensorFlow's GCS client, whose output a test process cannot capture
+  result = run_launch("--config=experiments/default.py:digits",
+                      "--workdir=gs://nin-jax-no-such-bucket-7f3a/run", devices=1, timeout=300)
   assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
   line = last_line(result)
   assert line.startswith("error: --workdir=gs://nin-jax-no-such-bucket-7f3a/run"), line
