@@ -99,7 +99,11 @@ def test_hosts_split_a_sweep_without_talking_and_a_relaunch_finishes_each_run_on
   from nin_jax import report, sweep, train
   from nin_jax.placement import Placement
   config = _sweep_config()
-  sweep.run_sweep(config, tmp_path / "reference", only_arms=["gap", "fc"])  # uninterrupted
+  # uninterrupted, one run at a time on device 0, where the two runs below train: they reuse its
+  # compiled steps (a placed sweep equals one run at a time: sweep_test)
+  reference_config = config.copy_and_resolve_references()
+  reference_config.ablation.devices_per_run, reference_config.ablation.runs_at_once = 1, 1
+  sweep.run_sweep(reference_config, tmp_path / "reference", only_arms=["gap", "fc"])
   reference = _results(tmp_path / "reference")
   assert len(reference) == 4
 
