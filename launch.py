@@ -54,29 +54,22 @@ def main(argv):
            f"is process 0 running and is {FLAGS.coordinator_address} reachable from here?")
     sys.exit(f"error: jax.distributed.initialize failed ({_one_line(e)[:300]}); {how}")
 
-  from nin_jax import checkpointing, files, sweep, train
+  from nin_jax import checkpointing, files, preemption
   checkpointing.quiet_orbax_logs()
   from nin_jax.errors import NinError
   config = flags.FLAGS.config
   try:
-    # Every path the user typed, resolved once, here: relative to where the command was started.
-    workdir = files.resolve(FLAGS.workdir)
-    config.data_dir = files.resolve(config.data_dir)
-    config.npz_path = files.resolve(config.npz_path)
-    files.check_reachable(workdir, "--workdir")
-    if not files.is_remote(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
-      sys.exit(f"error: --workdir={workdir} is a file, not a folder; pick another --workdir")
-    files.check_reachable(config.data_dir, "--config.data_dir")
-    files.check_reachable(config.npz_path, "--config.npz_path")
-    if "ablation" in config:  # every arm x seed, then the report
-      sweep.run_sweep(config, workdir, only_arms=FLAGS.arm, overwrite=FLAGS.overwrite)
-    else:
-      train.train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
+    with preemption.stop_on_signals():  # SIGTERM, SIGINT: a checkpoint, then Preempted
+      _run(config)
+  except preemption.Preempted as e:  # one line; 128 + the signal's number (143: SIGTERM)
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(e.exit_status)
   except NinError as e:  # bad input or a run that cannot go on: one line, no traceback
     sys.exit(f"error: {e}")
   except OSError as e:  # a file system refusing: disk full, no permission, a read-only mount
-    sys.exit(f"error: {files.write_failure('a file', e.filename or workdir, e)}; fix that, then "
-             "relaunch the same command (a run resumes from its last checkpoint, if it has one)")
+    failure = files.write_failure("a file", e.filename or files.resolve(FLAGS.workdir), e)
+    sys.exit(f"error: {failure}; fix that, then relaunch the same command (a run resumes from "
+             "its last checkpoint, if it has one)")
   except Exception as e:  # noqa: BLE001 -- a bug: one line here, the whole traceback in a file
     import tempfile
     import traceback
@@ -85,6 +78,25 @@ def main(argv):
       traceback.print_exc(file=f)
     sys.exit(f"error: unexpected {type(e).__name__}: {_one_line(e)[:300]} (a bug in nin-jax: "
              f"please report it with the traceback, saved in {f.name})")
+
+
+def _run(config):
+  """The run or sweep that launch.py's flags and `config` ask for."""
+  from nin_jax import files, sweep, train
+  FLAGS = flags.FLAGS
+  # Every path the user typed, resolved once, here: relative to where the command was started.
+  workdir = files.resolve(FLAGS.workdir)
+  config.data_dir = files.resolve(config.data_dir)
+  config.npz_path = files.resolve(config.npz_path)
+  files.check_reachable(workdir, "--workdir")
+  if not files.is_remote(workdir) and os.path.exists(workdir) and not os.path.isdir(workdir):
+    sys.exit(f"error: --workdir={workdir} is a file, not a folder; pick another --workdir")
+  files.check_reachable(config.data_dir, "--config.data_dir")
+  files.check_reachable(config.npz_path, "--config.npz_path")
+  if "ablation" in config:  # every arm x seed, then the report
+    sweep.run_sweep(config, workdir, only_arms=FLAGS.arm, overwrite=FLAGS.overwrite)
+  else:
+    train.train_and_evaluate(config, workdir, overwrite=FLAGS.overwrite)
 
 
 def parse_flags(argv):

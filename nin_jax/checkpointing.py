@@ -48,11 +48,13 @@ def quiet_orbax_logs():
   sys.unraisablehook = unraisablehook
 
 
-def create_manager(workdir, *, every_steps: int, keep: int, placement=None
-                   ) -> ocp.CheckpointManager:
+def create_manager(workdir, *, every_steps: int, keep: int, placement=None,
+                   record: dict | None = None) -> ocp.CheckpointManager:
   """Orbax's manager for `<workdir>/checkpoints`. A run placed on one host's devices
   (`placement.is_placed`) in a multi-process job is written by this process alone: orbax's
-  barriers then span this process only, under a key of the run's own."""
+  barriers then span this process only, under a key of the run's own. `record` (JSON-able: what
+  trained the run, {"config": ..., "dataset": ...}) is written into every checkpoint's metadata
+  (orbax's per-step custom metadata); `recorded` reads it back."""
   # Every `every_steps` steps exactly (orbax would also save the first step by default), and
   # cleanup_tmp_directories: a write cut short by a kill leaves a tmp folder; drop it at start.
   directory = epath.Path(workdir) / "checkpoints"
@@ -69,7 +71,30 @@ def create_manager(workdir, *, every_steps: int, keep: int, placement=None
       max_to_keep=keep, cleanup_tmp_directories=True, **kwargs)
   manager = ocp.CheckpointManager(directory, options=options)
   manager.is_placed = bool(placement is not None and placement.is_placed)
+  manager.record = record
   return manager
+
+
+def recorded(workdir) -> tuple[int, dict] | None:
+  """(step, record) of the newest checkpoint in `<workdir>/checkpoints` whose metadata holds the
+  record `create_manager` was given; None when none does (no checkpoint, or all written before
+  checkpoints carried one, or their metadata files unreadable)."""
+  steps = steps_on_disk(workdir)
+  if not steps:
+    return None
+  manager = ocp.CheckpointManager(epath.Path(workdir) / "checkpoints",
+                                  options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    for step in reversed(steps):
+      try:
+        record = manager.metadata(step).custom_metadata
+      except Exception:  # noqa: BLE001 -- a damaged or missing metadata file: try older ones
+        continue
+      if isinstance(record, dict) and isinstance(record.get("config"), dict):
+        return step, record
+    return None
+  finally:
+    manager.close()
 
 
 def _signal_keys_of_this_process(process_index: int):
@@ -180,7 +205,8 @@ def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = Fals
     state = jax.tree.map(ocp.utils.fully_replicated_host_local_array_to_global_array, state)
   if not getattr(manager, "is_placed", False):
     try:
-      return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+      return manager.save(step, args=ocp.args.StandardSave(state), force=force,
+                          custom_metadata=getattr(manager, "record", None))
     except Exception as e:  # orbax/tensorstore wrap OSError in ValueError and others
       raise _write_failure(manager, step, e) from None
   # Runs side by side in one process: one checkpoint write at a time, to its end. Concurrent
@@ -188,7 +214,8 @@ def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = Fals
   # array_metadatas/process_0 while other runs were saving); a NIN state is a few MB.
   with _placed_writes:
     try:
-      saved = manager.save(step, args=ocp.args.StandardSave(state), force=force)
+      saved = manager.save(step, args=ocp.args.StandardSave(state), force=force,
+                           custom_metadata=getattr(manager, "record", None))
     except Exception as e:  # noqa: BLE001
       raise _write_failure(manager, step, e) from None
     _wait(manager)

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from nin_jax import checkpointing, files, metrics, train, validation
+from nin_jax import checkpointing, files, metrics, preemption, train, validation
 from nin_jax import workdir as run_workdir
 from nin_jax.errors import ConfigError, NinError
 from nin_jax.placement import Placement
@@ -285,7 +285,8 @@ def run_sweep(config, workdir, only_arms=None, overwrite=False):
     train_placed(mine, workdir, per_run, at_once, overwrite)
   except Exception as e:  # noqa: BLE001 -- the other hosts finish their runs first
     error = e
-  if jax.process_count() > 1:  # the report waits for every host's runs
+  # the report waits for every host's runs; a preempted host has seconds left, it goes
+  if jax.process_count() > 1 and not isinstance(error, preemption.Preempted):
     import orbax.checkpoint as ocp
     ocp.multihost.sync_global_processes("nin_jax_sweep_finished", timeout=7 * 24 * 3600,
                                         processes=set(range(jax.process_count())))
@@ -332,11 +333,11 @@ def train_placed(runs, workdir, devices_per_run, runs_at_once, overwrite=False):
   jobs = queue.SimpleQueue()
   for index, run in enumerate(runs, start=1):
     jobs.put((index, run))
-  stop, failures = threading.Event(), []
+  stop, failures, preempted = threading.Event(), [], []
 
   def worker(slot):
     placement = Placement.local(groups[slot % len(groups)])
-    while not stop.is_set():
+    while not stop.is_set() and preemption.received() is None:  # no new run once preempted
       try:
         index, run = jobs.get_nowait()
       except queue.Empty:
@@ -348,6 +349,9 @@ def train_placed(runs, workdir, devices_per_run, runs_at_once, overwrite=False):
                                            placement=placement, stop=stop,
                                            progress_bar=len(threads) == 1,
                                            hparams=run.hparams)
+      except preemption.Preempted as e:  # checkpointed; the other runs stop on the notice too
+        preempted.append((run, e))
+        return
       except BaseException as e:  # noqa: BLE001 -- raised in the main thread below
         logging.error("Run %s failed: %s: %s", run.subdir, type(e).__name__,
                       files.one_line(e, 300))
@@ -360,19 +364,26 @@ def train_placed(runs, workdir, devices_per_run, runs_at_once, overwrite=False):
 
   threads = [threading.Thread(target=worker, args=(slot,), name=f"run-slot-{slot}")
              for slot in range(min(runs_at_once, len(runs)))]
-  for thread in threads:
-    thread.start()
-  try:
-    while any(thread.is_alive() for thread in threads):
-      for thread in threads:
-        thread.join(timeout=0.5)
-  except BaseException:  # Ctrl-C: every run checkpoints where it is
-    stop.set()
+  with preemption.watch_all_hosts():  # a notice to any host reaches this host's runs
     for thread in threads:
-      thread.join()
-    raise
+      thread.start()
+    try:
+      while any(thread.is_alive() for thread in threads):
+        for thread in threads:
+          thread.join(timeout=0.5)
+    except BaseException:  # Ctrl-C outside launch.py's handlers: every run checkpoints
+      stop.set()
+      for thread in threads:
+        thread.join()
+      raise
   if failures:
     run, error = failures[0]
     if isinstance(error, NinError):
       error.args = (f"run {run.subdir}: {error}",)
     raise error
+  if preempted:
+    signum = preempted[0][1].signum
+    stopped = ", ".join(f"{run.subdir} at step {e.step}" for run, e in preempted)
+    raise preemption.Preempted(
+        f"stopped by {preemption.signal_name(signum)}: {stopped} checkpointed; relaunch the "
+        "same command to resume the sweep", signum)

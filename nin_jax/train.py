@@ -28,7 +28,8 @@ import optax
 from etils import epath
 from jax import lax
 
-from nin_jax import checkpointing, data, files, metrics, models, provenance, streaming, validation
+from nin_jax import (checkpointing, data, files, metrics, models, preemption, provenance, streaming,
+                     validation)
 from nin_jax import workdir as run_workdir
 from nin_jax.errors import ConfigError, NonFiniteLossError, TrainingStuckError
 from nin_jax.placement import AXIS, CPU_BFLOAT16_FLAGS, Placement, native_bfloat16
@@ -471,15 +472,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- Workdir: one launch at a time, one config per workdir; before any compilation ----------
   lock = None
+  identity = {"dataset": config.dataset, "num_classes": dataset.num_classes,
+              "num_train_examples": dataset.num_train_examples,
+              "num_validation_examples": dataset.num_validation_examples,
+              "num_test_examples": dataset.num_test_examples}
+  # What trained the checkpoints, in each checkpoint too: a second copy of config.json and
+  # dataset.json, which a resume reads when they are lost (nin_jax/workdir.py)
+  record = {"config": json.loads(config.to_json_best_effort()), "dataset": identity}
   if is_chief:
     workdir.mkdir(parents=True, exist_ok=True)
     lock = run_workdir.lock(workdir)  # held until this process ends
     run_workdir.check_or_clear(workdir, config, overwrite)
-    run_workdir.check_dataset(workdir, {
-        "dataset": config.dataset, "num_classes": dataset.num_classes,
-        "num_train_examples": dataset.num_train_examples,
-        "num_validation_examples": dataset.num_validation_examples,
-        "num_test_examples": dataset.num_test_examples})
+    run_workdir.check_dataset(workdir, identity)
     files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
 
   # --- Model and optimizer ---------------------------------------------------------------------
@@ -506,7 +510,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # --- Restore -------------------------------------------------------------------------------
   manager = checkpointing.create_manager(workdir, every_steps=config.checkpoint_every_steps,
-                                         keep=config.keep_checkpoints, placement=placement)
+                                         keep=config.keep_checkpoints, placement=placement,
+                                         record=record)
   state = checkpointing.restore_latest(manager, state, workdir)
   if replicate:  # on the run's devices, whatever form it was restored in
     state = placement.replicate(state)
@@ -535,6 +540,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   guard = LossGuard(dataset.num_classes, config.stuck_loss_steps, config.stuck_loss_tolerance)
   pending, window_start, window_time = [], first_step, time.time()
   evaluation, evaluated_step, throughputs = None, None, []
+  spans_hosts, preempted = not placement.is_placed and placement.process_count > 1, False
   batches = train_batches(first_step, last_step)
   # On any exit, finish the checkpoint writes in flight: a stopped run keeps its last good state.
   with (_finishing(manager),
@@ -545,8 +551,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       pending.append(step_metrics)
       if stop is not None and stop.is_set():  # another run of the sweep failed: this step is
         last_step = step + 1                  # the last, checked and logged before its checkpoint
+      if preemption.should_stop(step + 1, all_hosts=spans_hosts):  # nin_jax/preemption.py
+        last_step, preempted = step + 1, True  # this step's checkpoint, then Preempted
       done = step + 1 == last_step
-      is_eval = config.eval_every_steps and ((step + 1) % config.eval_every_steps == 0 or done)
+      # a preempted run has seconds left: its checkpoint first, no evaluation before it
+      is_eval = config.eval_every_steps and not preempted and (
+          (step + 1) % config.eval_every_steps == 0 or done)
       is_checkpoint = manager.should_save(step + 1)
       if (step + 1) % config.log_every_steps == 0 or done or is_eval or is_checkpoint:
         window = jax.device_get(pending)
@@ -574,6 +584,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         break
     checkpointing.save(manager, last_step, state, force=True)  # finished (_finishing) before
                                                                 # the summary's evaluation
+  if preempted:  # the checkpoint is complete (_finishing waited for it)
+    if lock:
+      lock.close()
+    signum = preemption.received()
+    raise preemption.Preempted(
+        f"{name}stopped by {preemption.signal_name(signum)} at step {last_step} of "
+        f"{total_steps}, checkpoint saved in {manager.directory}; relaunch the same command to "
+        "resume", signum, step=last_step)
 
   # --- Summary ---------------------------------------------------------------------------------
   if evaluated_step != last_step:

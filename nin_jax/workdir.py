@@ -1,6 +1,7 @@
 """Guards on a run's workdir: one launch at a time, and one config per workdir."""
 import fcntl
 import json
+import logging
 import os
 
 from etils import epath
@@ -75,7 +76,6 @@ def check_or_clear(workdir, config, overwrite: bool):
   Raises ConfigError naming the fields that differ (bookkeeping fields aside).
   """
   path = epath.Path(workdir)
-  saved = path / "config.json"
   if overwrite:
     for name in RUN_FILES:
       target = path / name
@@ -86,14 +86,8 @@ def check_or_clear(workdir, config, overwrite: bool):
     for events in path.glob("events.out.tfevents.*"):
       events.unlink()
     return
-  if not saved.exists():
-    return
-  old = files.read_json(saved, "run config")
-  if not isinstance(old, dict):  # cut by a kill before writes were atomic, or edited by hand
-    if (path / "checkpoints").exists():
-      raise ConfigError(f"{saved} is unreadable, so the checkpoints in {workdir} cannot be "
-                        "matched to a config; pass --overwrite to start over there, or pick "
-                        "another --workdir")
+  old = _saved_or_recorded(path, "config.json", "run config", "config")
+  if old is None:
     return  # nothing to resume: this launch writes its own config.json
   fields = differing_fields(old, config.to_dict())
   if fields and not (checkpointing.steps_on_disk(path) or (path / "summary.json").exists()):
@@ -115,8 +109,8 @@ def check_dataset(workdir, identity: dict):
   stand-in, another TFDS version); its sizes can. Raises ConfigError (one line) when the
   workdir holds a checkpoint trained on data of other sizes."""
   path = epath.Path(workdir)
-  saved = files.read_json(path / "dataset.json", "run dataset")
-  if isinstance(saved, dict) and checkpointing.steps_on_disk(path):
+  saved = _saved_or_recorded(path, "dataset.json", "run dataset", "dataset", required=False)
+  if saved is not None and checkpointing.steps_on_disk(path):
     differ = {k: (saved.get(k), v) for k, v in identity.items() if saved.get(k, v) != v}
     if differ:
       shown = ", ".join(f"{k} {old} there, {new} now" for k, (old, new) in differ.items())
@@ -124,3 +118,31 @@ def check_dataset(workdir, identity: dict):
                         f"holds now ({shown}); point --config.data_dir at the data it trained "
                         "on, pick a new --workdir, or pass --overwrite to start over")
   files.write_json(path / "dataset.json", identity)
+
+
+def _saved_or_recorded(path, name: str, what: str, key: str, required: bool = True
+                       ) -> dict | None:
+  """What `path/name` (config.json, dataset.json) says trained the run in `path`, read from the
+  newest checkpoint's copy (checkpointing.recorded) where that file is missing or unreadable,
+  with one warning line. None where neither exists and there is no checkpoint. Where checkpoints
+  exist but no copy says what trained them: raises ConfigError (one line) if `required`, else
+  warns and returns None (dataset.json: runs older than it resume unchecked, as before)."""
+  saved = files.read_json(path / name, what) if (path / name).exists() else None
+  if not checkpointing.steps_on_disk(path):
+    return saved if isinstance(saved, dict) else None
+  if isinstance(saved, dict):
+    return saved
+  state = "unreadable" if (path / name).exists() else "missing"
+  copy = checkpointing.recorded(path)
+  if copy is None or not isinstance(copy[1].get(key), dict):
+    if not required:
+      logging.warning("%s is %s and no checkpoint holds a copy: the %s is not checked",
+                      path / name, state, what)
+      return None
+    raise ConfigError(f"{path / name} is {state} and no checkpoint in {path / 'checkpoints'} "
+                      f"holds a copy, so they cannot be matched to a {key}; put {name} back "
+                      "(from a backup), or pick another --workdir")
+  step, record = copy
+  logging.warning("%s is %s: using the copy in checkpoint step %d (%s is written again)",
+                  path / name, state, step, name)
+  return record[key]

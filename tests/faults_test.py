@@ -171,9 +171,11 @@ def test_an_unreadable_config_json_resumes_only_what_it_can_match(tmp_path, capl
   with caplog.at_level(logging.WARNING):
     run_workdir.check_or_clear(tmp_path, digits_config(), overwrite=False)  # nothing to resume
   assert "Unreadable run config" in caplog.text
-  (tmp_path / "checkpoints").mkdir()
-  with pytest.raises(ConfigError, match="unreadable, so the checkpoints .* pass --overwrite"):
+  (tmp_path / "checkpoints" / "4").mkdir(parents=True)  # a checkpoint that holds no copy
+  with pytest.raises(ConfigError, match="config.json is unreadable and no checkpoint in "
+                                        r"\S+ holds a copy") as error:
     run_workdir.check_or_clear(tmp_path, digits_config(), overwrite=False)
+  assert "--overwrite" not in str(error.value)  # it would delete the checkpoints
 
 
 def test_every_run_and_sweep_file_is_written_through_the_atomic_writer():

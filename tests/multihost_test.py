@@ -137,3 +137,50 @@ def test_hosts_split_a_sweep_without_talking_and_a_relaunch_finishes_each_run_on
     for arm in table["arms"]:
       del arm["train_images_per_s"], arm["wall_time_s"]
   assert tables[0] == tables[1] and tables[0]["comparisons"]
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step_and_both_resume(tmp_path):
+  """A preemption notice on one host: JAX's preemption service tells the other, both stop at the
+  same step with a checkpoint of it (status 143), and the relaunch resumes there and ends as one
+  process with 4 devices does."""
+  # Over 20 s: 2 processes twice, and the same run in this process.
+  import signal
+  import time
+  args = ["--config=experiments/default.py:digits", "--config.num_epochs=2",
+          "--config.log_every_steps=1", "--config.eval_every_steps=0",
+          "--config.checkpoint_every_steps=3", "--config.model.dropout=0.0"]
+  workdir = tmp_path / "two"
+  env = dict(os.environ, XLA_FLAGS=xla_flags(2))
+  address = f"127.0.0.1:{free_port()}"
+  processes = [subprocess.Popen(
+      [sys.executable, "launch.py", *args, f"--workdir={workdir}",
+       f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"], cwd=REPO,
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  deadline = time.time() + 300
+  log = workdir / "metrics.jsonl"
+  while not log.exists() or len(log.read_text().splitlines()) < 4:
+    assert all(p.poll() is None for p in processes) and time.time() < deadline
+    time.sleep(0.05)
+  processes[1].send_signal(signal.SIGTERM)  # the host that writes nothing
+  logs = [p.communicate(timeout=300)[1] for p in processes]
+  steps = []
+  for process, text in zip(processes, logs):
+    assert process.returncode == 143, text[-3000:]
+    match = re.search(r"^stopped by SIGTERM at step (\d+) of 44, checkpoint saved in \S+; "
+                      r"relaunch the same command to resume$", text, re.MULTILINE)
+    assert match, text[-3000:]
+    steps.append(int(match.group(1)))
+  assert steps[0] == steps[1] and 4 <= steps[0] < 44, steps
+  from nin_jax import checkpointing
+  assert checkpointing.steps_on_disk(workdir)[-1] == steps[0]
+  assert json.loads(log.read_text().splitlines()[-1])["step"] == steps[0]
+
+  relaunch = launch_two_processes(workdir, args)
+  for text in relaunch:
+    assert f"Resuming from checkpoint step {steps[0]} in" in text
+  assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == list(range(1, 45))
+  one = launch_here(*args, "--config.data_shards=2", f"--workdir={tmp_path / 'one'}")
+  assert one.returncode == 0, one.stderr[-3000:]
+  a, b = flatten(final_params(workdir)), flatten(final_params(tmp_path / "one"))
+  for name in a:
+    np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=2e-5, err_msg=name)

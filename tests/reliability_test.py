@@ -233,3 +233,41 @@ def test_second_concurrent_launch_is_refused(tmp_path):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith(f"error: workdir {tmp_path} is in use by pid {os.getpid()}"), last
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_each_file_a_resume_reads_removed_or_emptied_in_turn_still_resumes(tmp_path, caplog):
+  """A run stopped at step 8 (checkpoints 4 and 8), then every file of its workdir, one at a
+  time, removed or emptied: each relaunch resumes and ends with the uninterrupted run's
+  parameters. What trained the checkpoints has a second copy in each checkpoint's metadata
+  (config.json, dataset.json); a damaged checkpoint falls back to the one before."""
+  # Over 20 s: ~50 relaunches of 3 steps each, in this process, on one device.
+  import shutil
+  import jax
+  from nin_jax.placement import Placement
+  one = Placement.local(jax.devices()[:1])
+  config = digits_config(checkpoint_every_steps=4, keep_checkpoints=5)
+  train.train_and_evaluate(config, tmp_path / "straight", placement=one)
+  expected = flatten(final_params(tmp_path / "straight"))
+  stopped = tmp_path / "stopped"
+  train.train_and_evaluate(config, stopped, placement=one, stop_at_step=8)
+  files = sorted(p.relative_to(stopped) for p in stopped.rglob("*") if p.is_file())
+  assert {"config.json", "dataset.json", "metrics.jsonl"} <= {str(f) for f in files}
+  assert sum(1 for f in files if f.parts[:2] == ("checkpoints", "8")) >= 3
+  for name in files:
+    for how in ("removed", "emptied"):
+      workdir = tmp_path / "cases" / f"{str(name).replace('/', '_')}_{how}"
+      shutil.copytree(stopped, workdir)
+      if how == "removed":
+        (workdir / name).unlink()
+      else:
+        (workdir / name).write_bytes(b"")
+      caplog.clear()
+      summary = train.train_and_evaluate(config, workdir, placement=one)
+      assert summary["finished"] and summary["step"] == 11, (name, how)
+      actual = flatten(final_params(workdir))
+      for leaf in expected:
+        assert actual[leaf].tobytes() == expected[leaf].tobytes(), (name, how, leaf)
+      if str(name) in ("config.json", "dataset.json"):
+        assert f"{name} is {'missing' if how == 'removed' else 'unreadable'}: using the copy in " \
+               "checkpoint step 8" in caplog.text, (name, how)
+        assert json.loads((workdir / name).read_text())  # written again

@@ -1,0 +1,137 @@
+"""Preemption: SIGTERM or SIGINT ends training at a checkpoint, and a relaunch resumes.
+
+A preemptible Cloud TPU VM, a GKE or SLURM job and Ctrl-C all send a signal first (SIGTERM; SIGINT
+for Ctrl-C) and give the process some seconds. Inside `stop_on_signals` (launch.py's main, the
+main thread), the first such signal does not end the process: every training loop (a single run,
+each run of a sweep) finishes the step it is on, saves that step's checkpoint, waits until the
+write is complete and raises `Preempted`; launch.py logs one line and exits with 128 + the
+signal's number (143 for SIGTERM, 130 for SIGINT), the status a shell reports for a process that
+signal ended, so that a scheduler's retry rules for signals still apply. A second signal while
+the checkpoint is written is logged and ignored: the write ends, and a kill -9 at any point leaves
+the newest complete checkpoint as the newest (orbax renames a step's folder when it is complete).
+
+Several hosts (`jax.distributed`): JAX's preemption service owns SIGTERM there (its notifier
+tells every host through the coordination service), and a run over all hosts stops at the step
+`multihost_utils.reached_preemption_sync_point` names: the same step on every host, as a
+collective checkpoint needs. SIGINT on one host is passed on as SIGTERM to that service. Without
+`jax.distributed` each process only knows its own signals.
+"""
+import contextlib
+import logging
+import os
+import signal
+import threading
+
+from nin_jax.errors import NinError
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+_notice = threading.Event()
+_received: list[int] = []  # the signals received, first first
+
+
+class Preempted(NinError):
+  """Training stopped at a checkpoint on a preemption notice; relaunching resumes. `signum`: the
+  signal; `step`: the step checkpointed (None for a sweep); `exit_status`: 128 + `signum`."""
+
+  def __init__(self, message: str, signum: int, step: int | None = None):
+    super().__init__(message)
+    self.signum, self.step, self.exit_status = signum, step, 128 + signum
+
+
+def _distributed() -> bool:
+  from jax._src import distributed
+  return distributed.global_state.client is not None
+
+
+def signal_name(signum: int) -> str:
+  return signal.Signals(signum).name
+
+
+def received() -> int | None:
+  """The first signal received inside `stop_on_signals` (SIGTERM, SIGINT), or None."""
+  return _received[0] if _notice.is_set() else None
+
+
+def _handler(signum, frame):
+  del frame
+  if _notice.is_set():
+    logging.warning("%s received again: the checkpoint is finished first (kill -9 ends the "
+                    "process at once; the newest complete checkpoint stays)", signal_name(signum))
+    return
+  _received.append(signum)
+  _notice.set()
+  logging.warning("%s received: finishing the step, saving its checkpoint, then stopping",
+                  signal_name(signum))
+  if signum != signal.SIGTERM and _distributed():
+    os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption service, which tells every host
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+  """SIGTERM and SIGINT, inside, stop training at a checkpoint instead of ending the process.
+  Call it from the main thread (Python runs signal handlers there); elsewhere it does nothing.
+  The handlers before it are restored on the way out, and the notice cleared."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  # With jax.distributed, JAX's preemption notifier holds SIGTERM (a C handler): replacing it
+  # would keep the other hosts from learning of the notice.
+  mine = [s for s in SIGNALS if not (s == signal.SIGTERM and _distributed())]
+  previous = {s: signal.signal(s, _handler) for s in mine}
+  try:
+    yield
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+    _notice.clear()
+    _received.clear()
+
+
+def should_stop(step: int, all_hosts: bool) -> bool:
+  """Whether a training loop stops after `step` (steps done), on a preemption notice.
+  `all_hosts`: the run spans every process of jax.distributed, so every host must stop at the same
+  step; each host calls this at every step."""
+  if all_hosts and _distributed():
+    from jax.experimental import multihost_utils
+    if multihost_utils.reached_preemption_sync_point(step):
+      if not _notice.is_set():
+        _received.append(signal.SIGTERM)  # the notice came through JAX's preemption service
+        _notice.set()
+      return True
+    return False
+  return _notice.is_set()
+
+
+@contextlib.contextmanager
+def watch_all_hosts(interval_s: float = 1.0):
+  """For training loops not in step with the other hosts' (the runs of a sweep that hosts split,
+  each on devices of one host): with jax.distributed, a thread asks JAX's preemption service
+  every `interval_s` seconds whether a host got a notice, and gives this process the notice
+  (SIGTERM) when one did; every host's runs then stop at a checkpoint of their own. Without
+  jax.distributed it does nothing (each process has only its own signals)."""
+  if not _distributed():
+    yield
+    return
+  from jax.experimental import multihost_utils
+  done = threading.Event()
+
+  def poll():
+    tick = 0  # the service's sync point is the hosts' largest tick + 1: each host reaches it
+    while not done.wait(interval_s):
+      tick += 1
+      if multihost_utils.reached_preemption_sync_point(tick):
+        if not _notice.is_set():
+          _received.append(signal.SIGTERM)
+          _notice.set()
+          logging.warning("A host of this job got a preemption notice: stopping every run "
+                          "at a checkpoint")
+        return
+
+  thread = threading.Thread(target=poll, name="preemption-watch", daemon=True)
+  thread.start()
+  try:
+    yield
+  finally:
+    done.set()
+    thread.join()
