@@ -103,6 +103,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.init_stddev = 0.05      # the authors' N(0, 0.05^2)
   config.model.dtype = "float32"       # "bfloat16": mixed precision on TPU/GPU (f32 weights)
   config.model.norm = "none"           # none (the paper) | batch: BatchNorm before each ReLU
+  # Convolutions and matmuls of float32 operands: full float32 (lax.Precision.HIGHEST), as the
+  # paper trained (2013 GPUs had no TF32). JAX's default is not float32 on accelerators (one
+  # bfloat16 pass on TPU, TF32 on Ampere+ GPUs: models.PRECISIONS); a float32 run that computed
+  # in bfloat16 would not be the paper's recipe, nor the float32 arm of ablate_dtype.py. Faster:
+  # "tensorfloat32" or "default", or model.dtype="bfloat16" (the mixed-precision recipe).
+  config.model.precision = "float32"   # float32 | tensorfloat32 | default
 
   # --- Optimisation: the authors' recipe in SGD terms (NIN_REFERENCE.md) --------------------------
   config.seed = 0

@@ -40,6 +40,14 @@ HEADS = ("gap", "fc", "fc_dropout")
 NORMS = ("none", "batch")  # the paper | BatchNorm before each ReLU (see the module docstring)
 # Compute dtypes (`NIN.dtype`); parameters, logits and the loss are float32 with either.
 DTYPES = ("float32", "bfloat16")
+# The precision of every convolution and matmul with float32 operands (`NIN.precision`), named as
+# JAX's jax_default_matmul_precision names them. JAX's own default (lax.Precision.DEFAULT) is not
+# float32 on accelerators: one bfloat16 pass on TPU, TensorFloat-32 on NVIDIA GPUs since Ampere;
+# "tensorfloat32" (HIGH) is three bfloat16 passes on TPU, TF32 on GPU; "float32" (HIGHEST) is full
+# float32 everywhere. XLA:CPU computes float32 whatever is asked. bfloat16 operands
+# (dtype="bfloat16") are bfloat16 products at any of them.
+PRECISIONS = {"float32": lax.Precision.HIGHEST, "tensorfloat32": lax.Precision.HIGH,
+              "default": lax.Precision.DEFAULT}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,8 +173,28 @@ def _cast_operands(inputs, kernel, bias, *, dtype):
           None if kernel is None else kernel.astype(dtype), bias)
 
 
-def layer_options(dtype) -> dict:
-  """nn.Conv / nn.Dense keyword arguments for compute dtype `dtype` (jnp.float32 or bfloat16).
+def computed_in(precision: str, dtype: str, platform: str) -> str:
+  """What the convolutions and matmuls of a model with `precision` (PRECISIONS) and `dtype`
+  (DTYPES) compute in on `platform` ("cpu", "gpu", "tpu"), for a run's provenance and the report.
+  Sources: jax.lax.Precision's documentation (TPU passes, GPU TF32) and XLA:CPU, which computes
+  float32 operands in float32 at every precision."""
+  if dtype == "bfloat16":
+    return "bfloat16 operands, float32 accumulation"
+  lax_name = PRECISIONS[precision].name
+  if platform == "cpu":
+    return f"float32 ({lax_name}; XLA:CPU computes float32 at any precision)"
+  if platform == "tpu":
+    return {"float32": "float32 (HIGHEST: 6 bfloat16 passes)",
+            "tensorfloat32": "3 bfloat16 passes (HIGH)",
+            "default": "1 bfloat16 pass (DEFAULT)"}[precision]
+  if precision == "float32":
+    return "float32 (HIGHEST)"
+  return f"TensorFloat-32 on NVIDIA Ampere and later, else float32 ({lax_name})"
+
+
+def layer_options(dtype, precision: str = "float32") -> dict:
+  """nn.Conv / nn.Dense keyword arguments for compute dtype `dtype` (jnp.float32 or bfloat16)
+  and `precision` (a PRECISIONS name: the lax.Precision of the convolution or matmul).
 
   With bfloat16: the convolution or matmul takes the input and the float32 kernel (the master
   weights) cast to bfloat16 and returns bfloat16, which becomes float32 where the float32 bias
@@ -178,8 +206,9 @@ def layer_options(dtype) -> dict:
   CIFAR step's op time on a CPU, 1.2-1.3x slower (README.md, "Mixed precision").
   """
   if jnp.dtype(dtype) == jnp.float32:
-    return {"dtype": jnp.float32}
-  return {"dtype": jnp.dtype(dtype), "promote_dtype": _cast_operands}
+    return {"dtype": jnp.float32, "precision": PRECISIONS[precision]}
+  return {"dtype": jnp.dtype(dtype), "promote_dtype": _cast_operands,
+          "precision": PRECISIONS[precision]}
 
 
 def normalise(x, norm: str, *, train: bool, axis_name: str | None, name: str):
@@ -214,6 +243,7 @@ class MLPConv(nn.Module):
   last_name: str | None = None
   kernel_init: nn.initializers.Initializer = nn.initializers.normal(0.05)
   dtype: jnp.dtype = jnp.float32  # of the convolutions' operands (layer_options); params float32
+  precision: str = "float32"  # PRECISIONS: of the convolutions (layer_options)
   norm: str = "none"
   axis_name: str | None = None
 
@@ -227,13 +257,14 @@ class MLPConv(nn.Module):
       if i == 0:
         x = nn.Conv(width, (self.kernel,) * 2, (self.stride,) * 2,
                     padding=[(self.padding,) * 2] * 2, use_bias=use_bias,
-                    kernel_init=self.kernel_init, name=name, **layer_options(self.dtype))(x)
+                    kernel_init=self.kernel_init, name=name,
+                    **layer_options(self.dtype, self.precision))(x)
       else:
         # A 1 x 1 convolution is a dense layer over the channel axis at every position. Written as
         # one (positions x channels) @ (channels x width) matmul it runs ~2x faster on CPU than
         # XLA's convolution path (benchmark in README.md); the function is the same.
         x = nn.Dense(width, use_bias=use_bias, kernel_init=self.kernel_init, name=name,
-                     **layer_options(self.dtype))(x)
+                     **layer_options(self.dtype, self.precision))(x)
       x = normalise(x, self.norm, train=train, axis_name=self.axis_name,
                     name=f"{name}_bn")
       if self.relu_on_last or not is_last:
@@ -253,6 +284,7 @@ class NIN(nn.Module):
   # in bfloat16 (layer_options); parameters (master weights), biases, the layers between
   # (ReLU, BatchNorm, pools, dropout) and the logits for the loss stay float32.
   dtype: str = "float32"
+  precision: str = "float32"          # PRECISIONS: of every convolution and matmul
   norm: str = "none"                  # NORMS; "batch": BatchNorm before each ReLU
   # The device axis over which BatchNorm averages its training statistics: the pmap axis
   # (placement.AXIS) for a model trained in the mapped step; None for a model applied with
@@ -276,7 +308,8 @@ class NIN(nn.Module):
       x = MLPConv(widths, block.kernel, block.stride, block.padding,
                   relu_on_last=self.relu_on_class_maps or not (is_last and self.head == "gap"),
                   last_name="classifier" if is_last and self.head == "gap" else None,
-                  kernel_init=init, dtype=jnp.dtype(self.dtype), norm=self.norm,
+                  kernel_init=init, dtype=jnp.dtype(self.dtype), precision=self.precision,
+                  norm=self.norm,
                   axis_name=self.axis_name, name=f"mlpconv{index + 1}")(x, train=train)
       if block.pool:
         x = pool(x, block.pool)
@@ -292,7 +325,8 @@ class NIN(nn.Module):
         x = nn.Dropout(0.5, deterministic=not train)(x)
       is_last = i == len(self.fc_hidden)
       x = nn.Dense(width, use_bias=is_last or self.norm == "none", kernel_init=init,
-                   name="classifier" if is_last else f"fc{i + 1}", **layer_options(self.dtype))(x)
+                   name="classifier" if is_last else f"fc{i + 1}",
+                   **layer_options(self.dtype, self.precision))(x)
       if not is_last:
         x = normalise(x, self.norm, train=train, axis_name=self.axis_name, name=f"fc{i + 1}_bn")
         x = nn.relu(x)
@@ -309,6 +343,9 @@ def create_model(preset: str, num_classes: int, head: str = "gap", num_1x1: int 
     raise ConfigError(f"unknown head {head!r}; choose one of {HEADS}")
   if kwargs.get("norm", "none") not in NORMS:
     raise ConfigError(f"unknown norm {kwargs['norm']!r}; choose one of {NORMS}")
+  if kwargs.get("precision", "float32") not in PRECISIONS:
+    raise ConfigError(f"unknown precision {kwargs['precision']!r}; choose one of "
+                      f"{tuple(PRECISIONS)}")
   blocks = PRESETS[preset]
   if num_1x1 is not None:
     blocks = with_num_1x1(blocks, num_1x1)

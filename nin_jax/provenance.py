@@ -35,7 +35,9 @@ def record(config, placement=None) -> dict:
   Returns:
     {"versions": {package: version or None, ..., "python": "3.11.x"},
      "platform": "cpu" | "gpu" | "tpu", "device_kind": str, "num_devices": int,
-     "process_count": int, "git": {"commit": 40-hex str or None, "dirty": bool or None,
+     "process_count": int, "precision": {"model.precision", "model.dtype", "computed_in": what
+     the convolutions and matmuls compute in here (models.computed_in)},
+     "git": {"commit": 40-hex str or None, "dirty": bool or None,
      "changed": the paths with uncommitted changes, up to 20},
      "config": the resolved config as nested dicts of JSON values (anything else as str)}.
     "git" is None/None where git is missing or the code is not in a git checkout (installed).
@@ -50,8 +52,14 @@ def record(config, placement=None) -> dict:
   if hasattr(config, "copy_and_resolve_references"):
     config = config.copy_and_resolve_references().to_dict()
   commit, dirty = git_state(code_root())
+  from nin_jax import models
+  model = config.get("model", {}) if isinstance(config, dict) else {}
+  precision = model.get("precision", "default")  # a config from before the field: JAX's default
   return {"versions": versions, "platform": device.platform, "device_kind": device.device_kind,
           "num_devices": num_devices, "process_count": process_count,
+          "precision": {"model.precision": precision, "model.dtype": model.get("dtype"),
+                        "computed_in": models.computed_in(precision, model.get("dtype"),
+                                                          device.platform)},
           "git": {"commit": commit, "dirty": dirty, "changed": changed_files(code_root())},
           "config": _json_value(config)}
 

@@ -372,6 +372,12 @@ def markdown(summary, sweep, warnings_=()):
     lines += ["", f"Code: commit {commit}{dirty}; {versions}; {first['platform']} "
                   f"({first['device_kind']})" + ("" if warnings_ else "; the same for every run")
               + ". Each run's resolved config: its summary.json."]
+  if summary.get("precision"):
+    by_value = {}
+    for arm, value in summary["precision"].items():
+      by_value.setdefault(value, []).append(arm)
+    lines += ["", "Convolutions and matmuls computed in: " + "; ".join(
+        f"{value} ({', '.join(arms)})" for value, arms in by_value.items()) + "."]
   lines += [
       "", "## Differences between arms", "",
       "Difference = error(a) − error(b) in percentage points over the seeds both finished; "
@@ -460,6 +466,12 @@ def write_report(workdir):
   summary["provenance"] = next((run["provenance"] for arm in sweep["arms"]
                                 for run in sweep["runs"][arm].values() if run.get("provenance")),
                                None)
+  # {arm: what its convolutions and matmuls computed in}, from its runs' provenance
+  summary["precision"] = {
+      arm: precisions.pop() if len(precisions) == 1 else " / ".join(sorted(precisions))
+      for arm in sweep["arms"]
+      for precisions in [{(run.get("provenance") or {}).get("precision", {}).get("computed_in")
+                          for run in sweep["runs"][arm].values()} - {None}] if precisions}
   files.write_json(workdir / "report.json", summary)
   table = io.StringIO()
   columns = ["arm", "seeds_finished", "test_error_mean", "test_error_std", "test_error_best",

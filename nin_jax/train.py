@@ -74,11 +74,12 @@ def create_model(config, num_classes, *, axis_name: str | None = AXIS):
   step's pmap axis. Init, evaluation and class maps use the running averages, with no axis.
   """
   m = config.model
-  # .get: a config.json saved before model.norm existed is a run without normalisation
+  # .get: a config.json saved before model.norm existed is a run without normalisation; one
+  # saved before model.precision existed computed at JAX's default precision
   return models.create_model(m.preset, num_classes, m.head, num_1x1=m.num_1x1, dropout=m.dropout,
                              fc_hidden=tuple(m.fc_hidden), relu_on_class_maps=m.relu_on_class_maps,
                              init_stddev=m.init_stddev, dtype=m.dtype, norm=m.get("norm", "none"),
-                             axis_name=axis_name)
+                             precision=m.get("precision", "default"), axis_name=axis_name)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ def validate(config, num_devices: int | None = None):
   _choice(config, "model.preset", models.PRESETS)
   _choice(config, "model.head", models.HEADS)
   _choice(config, "model.norm", models.NORMS)
+  _choice(config, "model.precision", tuple(models.PRECISIONS))
   _choice(config, "optimizer.schedule", SCHEDULES)
   _choice(config, "model.dtype", models.DTYPES)
   _positive(config, "batch_size", "eval_batch_size", "num_epochs", "log_every_steps",

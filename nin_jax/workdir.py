@@ -17,6 +17,7 @@ RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "config.json", "dat
 # field existed resumes when the new config leaves it at that value.
 # Dotted names for nested fields, as differing_fields compares them.
 ADDED_FIELDS = {"microbatch_size": 0, "validation_examples": 0, "model.norm": "none",
+                "model.precision": "default",
                 "streaming.image_size": 224, "streaming.crop": "random_resized",
                 "streaming.min_area": 0.08, "streaming.eval_crop_fraction": 0.875,
                 "streaming.shuffle_buffer": 4096}

@@ -44,3 +44,60 @@ def test_bfloat16_run_keeps_float32_state_and_warns_on_emulating_cpus(
   # float32 master weights, as the checkpoint holds them
   params = checkpointing.restore_params(tmp_path)
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+
+
+def _lowered_products(config):
+  """[(operand dtype, precisions)] of every convolution and dot_general in the lowered train
+  and eval steps of `config`'s model, as train.py maps them (shapes only: nothing compiled)."""
+  import re
+  from nin_jax.placement import Placement
+  model = train.create_model(config, 10)
+  variables = jax.eval_shape(
+      lambda key: model.init(key, jnp.zeros((1, 8, 8, 1)), train=False), jax.random.PRNGKey(0))
+  tx = train.create_optimizer(config.optimizer, variables["params"], lambda step: 0.1)
+  state = jax.eval_shape(lambda v: train.create_train_state(v, tx, jax.random.PRNGKey(1)),
+                         variables)
+  where = Placement.local(jax.devices()[:1])
+  dataset = {"image": jax.ShapeDtypeStruct((100, 8, 8, 1), jnp.float32),
+             "label": jax.ShapeDtypeStruct((100,), jnp.int32)}
+  step = where.map(train.train_step, model=model, tx=tx, learning_rate_fn=lambda step: 0.1,
+                   augment_config=config.augment)
+  evaluate = where.map(train.eval_step, model=model)
+  texts = [step.lower(state, dataset, {"index": jax.ShapeDtypeStruct((1, 64), jnp.int32)}),
+           evaluate.lower(train.variables(state), dataset,
+                          {"index": jax.ShapeDtypeStruct((1, 64), jnp.int32),
+                           "mask": jax.ShapeDtypeStruct((1, 64), jnp.float32)})]
+  products = []
+  for text in (lowered.as_text() for lowered in texts):
+    for line in re.findall(r"stablehlo\.(?:convolution|dot_general)[^\n]*", text):
+      operand = re.search(r": \(tensor<[\dx]*x?(\w+)>", line).group(1)
+      products.append((operand, tuple(re.findall(r"(?:precision |\[|, )(DEFAULT|HIGH|HIGHEST)\b",
+                                                 line)) or ("DEFAULT",)))
+  return products
+
+
+def test_the_dtype_ablations_float32_arm_computes_in_float32_on_every_platform():
+  """The lowered steps carry the precision the config asks for: XLA on TPU and GPU computes a
+  HIGHEST float32 convolution in float32, while JAX's default there is bfloat16 passes or TF32
+  (models.PRECISIONS). Checked on the lowered program, the same on every platform."""
+  from experiments import ablate_dtype
+  from nin_jax import sweep
+  runs = {run.arm: run.config for run in sweep.expand(ablate_dtype.get_config("digits"))}
+  for arm, dtype in (("float32", "f32"), ("bfloat16", "bf16")):
+    products = _lowered_products(runs[arm])
+    assert len(products) >= 9, products  # 3 layers' convolutions: forward, two backward, eval
+    assert {p for p in products} == {(dtype, ("HIGHEST", "HIGHEST"))}, (arm, set(products))
+  # the config decides it: JAX's default precision, where asked for
+  runs["float32"].model.precision = "default"
+  precisions = {p for _, p in _lowered_products(runs["float32"])}
+  assert "HIGHEST" not in {name for p in precisions for name in p}, precisions
+
+
+def test_provenance_names_the_precision_in_effect():
+  from nin_jax import models, provenance
+  record = provenance.record(digits_config())
+  assert record["precision"] == {"model.precision": "float32", "model.dtype": "float32",
+                                 "computed_in": models.computed_in("float32", "float32", "cpu")}
+  assert models.computed_in("float32", "float32", "tpu") == "float32 (HIGHEST: 6 bfloat16 passes)"
+  assert models.computed_in("default", "float32", "tpu") == "1 bfloat16 pass (DEFAULT)"
+  assert models.computed_in("default", "bfloat16", "gpu").startswith("bfloat16 operands")

@@ -127,6 +127,12 @@ def test_report_from_a_tiny_sweep(half_finished_then_resumed):
   assert "| gap | model.head=gap, optimizer.classifier_lr_multiplier=0.1 | 2/2 |" in result.stdout
   assert "| test | gap − fc | 2 |" in result.stdout
   assert "| validation | gap − fc | 2 |" in result.stdout
+  # what the convolutions computed in, from the runs' provenance (model.precision)
+  assert ("Convolutions and matmuls computed in: float32 (HIGHEST; XLA:CPU computes float32 at "
+          "any precision) (gap, fc).") in result.stdout
+  assert report["precision"] == {"gap": "float32 (HIGHEST; XLA:CPU computes float32 at any "
+                                        "precision)", "fc": "float32 (HIGHEST; XLA:CPU computes "
+                                        "float32 at any precision)"}
 
 
 def test_each_run_writes_tensorboard_and_json_lines_metrics(half_finished_then_resumed):
