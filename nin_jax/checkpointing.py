@@ -69,8 +69,9 @@ def create_manager(workdir, *, every_steps: int, keep: int, placement=None,
   options = ocp.CheckpointManagerOptions(
       save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
       max_to_keep=keep, cleanup_tmp_directories=True, **kwargs)
-  manager = ocp.CheckpointManager(directory, options=options)
-  manager.is_placed = bool(placement is not None and placement.is_placed)
+  is_placed = bool(placement is not None and placement.is_placed)
+  manager = (_PlacedManager if is_placed else ocp.CheckpointManager)(directory, options=options)
+  manager.is_placed = is_placed
   manager.record = record
   return manager
 
@@ -95,6 +96,19 @@ def recorded(workdir) -> tuple[int, dict] | None:
     return None
   finally:
     manager.close()
+
+
+class _PlacedManager(ocp.CheckpointManager):
+  """The manager of a run placed on some devices of one host. Orbax's own manager asks JAX's
+  preemption service at every save decision whether the hosts reached a preemption sync point,
+  with the step of the run asking; several runs of a sweep, at different steps, would then feed
+  that service steps that mean nothing together (seen: the sync point reached by one run's
+  manager, the notice lost, every run training to its end). Here the training loop decides
+  (nin_jax/preemption.py, whose one watcher per process asks the service)."""
+
+  def reached_preemption(self, step: int) -> bool:
+    del step
+    return False
 
 
 def _signal_keys_of_this_process(process_index: int):
