@@ -327,7 +327,8 @@ def _gather(runs, seen, error) -> np.ndarray:
 def train_placed(runs, workdir, devices_per_run, runs_at_once, overwrite=False):
   """Trains `runs`, `runs_at_once` at a time, each on a group of `devices_per_run` of this
   host's devices. When a run fails, the others checkpoint the step they reached and stop, and
-  the first failure is raised (a NinError names its run)."""
+  the first failure is raised (a NinError names its run). On a preemption notice every run that
+  trains checkpoints the step it reached, none starts, and `preemption.Preempted` names them."""
   local = jax.local_devices()
   groups = [local[i:i + devices_per_run] for i in range(0, len(local), devices_per_run)]
   jobs = queue.SimpleQueue()

@@ -423,7 +423,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   `hparams`: what TensorBoard's HParams dashboard shows of a finished run ({"arm": ..., "seed":
   ..., swept field: value}; default {"seed": config.seed}), beside its final errors.
   Returns the summary also written to `summary.json`. Raises a NinError subclass (one line for
-  the user) for a config, data, workdir or checkpoint that cannot work.
+  the user) for a config, data, workdir or checkpoint that cannot work, and
+  `preemption.Preempted` after a preemption notice (SIGTERM/SIGINT inside
+  `preemption.stop_on_signals`, or JAX's preemption service): the step reached is checkpointed,
+  the write complete, no evaluation run; a relaunch resumes there.
   """
   placement = placement or Placement.everywhere()
   validation.validate(config, placement.num_devices)  # before anything is compiled or written
