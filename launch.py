@@ -35,6 +35,18 @@ config_flags.DEFINE_config_file("config", None, "Config file, optionally with a 
 
 def main(argv):
   del argv
+  from nin_jax import preemption
+  # From the start: a signal during start-up or compilation stops the run after its first step,
+  # at a checkpoint. jax.distributed.initialize then takes SIGTERM over (nin_jax/preemption.py).
+  with preemption.stop_on_signals():
+    _main()
+    signum = preemption.received()
+  if signum is not None:  # it came after the last training step: the run or sweep is complete
+    print(f"{preemption.signal_name(signum)} came after training had ended: finished, nothing "
+          "to resume", file=sys.stderr, flush=True)
+
+
+def _main():
   # TensorFlow only feeds the input pipeline and gs:// paths, and must not take GPU/TPU memory
   # from JAX: nin_jax.data.tensorflow() hides the accelerators from it wherever it is first
   # needed, and runs that need none never import it.
@@ -59,8 +71,7 @@ def main(argv):
   from nin_jax.errors import NinError
   config = flags.FLAGS.config
   try:
-    with preemption.stop_on_signals():  # SIGTERM, SIGINT: a checkpoint, then Preempted
-      _run(config)
+    _run(config)
   except preemption.Preempted as e:  # one line; 128 + the signal's number (143: SIGTERM)
     print(e, file=sys.stderr, flush=True)
     sys.exit(e.exit_status)
@@ -154,4 +165,6 @@ def _one_line(error):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  from nin_jax import preemption
+  with preemption.stop_on_signals():  # already while the flags and the config file load
+    app.run(main, flags_parser=parse_flags)

@@ -83,8 +83,11 @@ def recorded(workdir) -> tuple[int, dict] | None:
   steps = steps_on_disk(workdir)
   if not steps:
     return None
+  # a manager that knows the item's handler and creates nothing: orbax warns otherwise (a
+  # read-only manager says so in three lines, an unknown item in one more per step)
   manager = ocp.CheckpointManager(epath.Path(workdir) / "checkpoints",
-                                  options=ocp.CheckpointManagerOptions(read_only=True))
+                                  item_handlers=ocp.StandardCheckpointHandler(),
+                                  options=ocp.CheckpointManagerOptions(create=False))
   try:
     for step in reversed(steps):
       try:

@@ -123,16 +123,18 @@ def write_json(path, value):
   write_text(path, json.dumps(value, indent=2))
 
 
-def read_json(path, what: str = "file"):
-  """The JSON in `path`, or None if it is missing; None and one warning line if unreadable."""
+def read_json(path, what: str = "file", *, warn: bool = True):
+  """The JSON in `path`, or None if it is missing; None and one warning line if unreadable
+  (`warn=False`: no line, for a caller that says what it does instead)."""
   path = epath.Path(path)
   if not path.exists():
     return None
   try:
     return json.loads(path.read_text())
   except (OSError, ValueError, UnicodeDecodeError) as e:
-    logging.warning("Unreadable %s %s, treated as absent (%s: %s)", what, path, type(e).__name__,
-                    one_line(e, 200))
+    if warn:
+      logging.warning("Unreadable %s %s, treated as absent (%s: %s)", what, path,
+                      type(e).__name__, one_line(e, 200))
     return None
 
 

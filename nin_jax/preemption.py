@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 
 from nin_jax.errors import NinError
@@ -40,6 +41,8 @@ class Preempted(NinError):
 
 
 def _distributed() -> bool:
+  if "jax" not in sys.modules:  # not started (and not imported here: launch.py's flag errors
+    return False                # stay fast)
   from jax._src import distributed
   return distributed.global_state.client is not None
 
@@ -61,8 +64,8 @@ def _handler(signum, frame):
     return
   _received.append(signum)
   _notice.set()
-  logging.warning("%s received: finishing the step, saving its checkpoint, then stopping",
-                  signal_name(signum))
+  logging.warning("%s received: training stops after the step it is on, at a checkpoint of "
+                  "that step (a run past its last step finishes)", signal_name(signum))
   if signum != signal.SIGTERM and _distributed():
     os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption service, which tells every host
 

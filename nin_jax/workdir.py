@@ -128,9 +128,10 @@ def _saved_or_recorded(path, name: str, what: str, key: str, required: bool = Tr
   with one warning line. None where neither exists and there is no checkpoint. Where checkpoints
   exist but no copy says what trained them: raises ConfigError (one line) if `required`, else
   warns and returns None (dataset.json: runs older than it resume unchecked, as before)."""
-  saved = files.read_json(path / name, what) if (path / name).exists() else None
   if not checkpointing.steps_on_disk(path):
+    saved = files.read_json(path / name, what)
     return saved if isinstance(saved, dict) else None
+  saved = files.read_json(path / name, what, warn=False)  # the line below says what happens
   if isinstance(saved, dict):
     return saved
   state = "unreadable" if (path / name).exists() else "missing"
@@ -144,6 +145,6 @@ def _saved_or_recorded(path, name: str, what: str, key: str, required: bool = Tr
                       f"holds a copy, so they cannot be matched to a {key}; put {name} back "
                       "(from a backup), or pick another --workdir")
   step, record = copy
-  logging.warning("%s is %s: using the copy in checkpoint step %d (%s is written again)",
-                  path / name, state, step, name)
+  logging.warning("%s is %s: using the copy in checkpoint step %d (a launch that resumes "
+                  "writes the file again)", path / name, state, step)
   return record[key]

@@ -174,3 +174,21 @@ def test_a_sweep_on_two_device_groups_stops_every_run_at_a_checkpoint_and_resume
       assert actual[name].tobytes() == expected[name].tobytes(), (run, name)
     assert _logged_steps(workdir / run) == list(range(1, 9)), run
   assert (workdir / "report.md").exists()
+
+
+def test_a_signal_after_the_last_step_lets_the_run_finish_and_says_so(tmp_path, monkeypatch):
+  """A signal during the final evaluation: nothing is left to train, so the run writes its
+  summary and exits 0, with one line that says the signal came too late to stop anything."""
+  evaluate = train.evaluate_splits
+
+  def evaluate_with_signal(*args, **kwargs):  # with eval_every_steps=0: the final evaluation only
+    _signal_self(signal.SIGTERM)
+    return evaluate(*args, **kwargs)
+
+  monkeypatch.setattr(train, "evaluate_splits", evaluate_with_signal)
+  result = launch_here(*RUN, f"--workdir={tmp_path}")
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1] == (
+      "SIGTERM came after training had ended: finished, nothing to resume")
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["finished"] and summary["step"] == 44
