@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import REPO, xla_flags, final_params, flatten, launch_here
 
 RUN = ["--config=experiments/default.py:digits", "--config.num_epochs=0.5",
@@ -139,10 +140,13 @@ def test_hosts_split_a_sweep_without_talking_and_a_relaunch_finishes_each_run_on
   assert tables[0] == tables[1] and tables[0]["comparisons"]
 
 
-def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step_and_both_resume(tmp_path):
-  """A preemption notice on one host: JAX's preemption service tells the other, both stop at the
-  same step with a checkpoint of it (status 143), and the relaunch resumes there and ends as one
-  process with 4 devices does."""
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step_and_both_resume(
+    tmp_path, signame):
+  """A preemption notice (SIGTERM) or Ctrl-C (SIGINT, passed on as SIGTERM) on one host: JAX's
+  preemption service tells the other, both stop at the same step with a checkpoint of it (status
+  128 + the signal each got), and the relaunch resumes there and ends as one process with 4
+  devices does."""
   # Over 20 s: 2 processes twice, and the same run in this process.
   import signal
   import time
@@ -161,12 +165,12 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_the_same_step_and_both_re
   while not log.exists() or len(log.read_text().splitlines()) < 4:
     assert all(p.poll() is None for p in processes) and time.time() < deadline
     time.sleep(0.05)
-  processes[1].send_signal(signal.SIGTERM)  # the host that writes nothing
+  processes[1].send_signal(getattr(signal, signame))  # the host that writes nothing
   logs = [p.communicate(timeout=300)[1] for p in processes]
   steps = []
-  for process, text in zip(processes, logs):
-    assert process.returncode == 143, text[-3000:]
-    match = re.search(r"^stopped by SIGTERM at step (\d+) of 44, checkpoint saved in \S+; "
+  for process, text, got in zip(processes, logs, ("SIGTERM", signame)):
+    assert process.returncode == 128 + getattr(signal, got), text[-3000:]
+    match = re.search(rf"^stopped by {got} at step (\d+) of 44, checkpoint saved in \S+; "
                       r"relaunch the same command to resume$", text, re.MULTILINE)
     assert match, text[-3000:]
     steps.append(int(match.group(1)))
