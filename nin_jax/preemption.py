@@ -27,8 +27,7 @@ from nin_jax.errors import NinError
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-_notice = threading.Event()
-_received: list[int] = []  # the signals received, first first
+_received: list[int] = []  # the notice: the signal that gave it, once; empty without one
 
 
 class Preempted(NinError):
@@ -52,18 +51,24 @@ def signal_name(signum: int) -> str:
 
 
 def received() -> int | None:
-  """The first signal received inside `stop_on_signals` (SIGTERM, SIGINT), or None."""
-  return _received[0] if _notice.is_set() else None
+  """The signal of this process's preemption notice (SIGTERM, SIGINT), or None without one."""
+  return _received[0] if _received else None
+
+
+def _note(signum: int) -> bool:
+  """Gives this process the notice of `signum`; False where it had one already."""
+  if _received:
+    return False
+  _received.append(signum)
+  return True
 
 
 def _handler(signum, frame):
   del frame
-  if _notice.is_set():
+  if not _note(signum):
     logging.warning("%s received again: the checkpoint is finished first (kill -9 ends the "
                     "process at once; the newest complete checkpoint stays)", signal_name(signum))
     return
-  _received.append(signum)
-  _notice.set()
   logging.warning("%s received: training stops after the step it is on, at a checkpoint of "
                   "that step (a run past its last step finishes)", signal_name(signum))
   if signum != signal.SIGTERM and _distributed():
@@ -87,7 +92,6 @@ def stop_on_signals():
   finally:
     for s, handler in previous.items():
       signal.signal(s, handler)
-    _notice.clear()
     _received.clear()
 
 
@@ -98,12 +102,10 @@ def should_stop(step: int, all_hosts: bool) -> bool:
   if all_hosts and _distributed():
     from jax.experimental import multihost_utils
     if multihost_utils.reached_preemption_sync_point(step):
-      if not _notice.is_set():
-        _received.append(signal.SIGTERM)  # the notice came through JAX's preemption service
-        _notice.set()
+      _note(signal.SIGTERM)  # where the notice came through JAX's preemption service
       return True
     return False
-  return _notice.is_set()
+  return bool(_received)
 
 
 @contextlib.contextmanager
@@ -124,9 +126,7 @@ def watch_all_hosts(interval_s: float = 1.0):
     while not done.wait(interval_s):
       tick += 1
       if multihost_utils.reached_preemption_sync_point(tick):
-        if not _notice.is_set():
-          _received.append(signal.SIGTERM)
-          _notice.set()
+        if _note(signal.SIGTERM):
           logging.warning("A host of this job got a preemption notice: stopping every run "
                           "at a checkpoint")
         return

@@ -466,12 +466,14 @@ def write_report(workdir):
   summary["provenance"] = next((run["provenance"] for arm in sweep["arms"]
                                 for run in sweep["runs"][arm].values() if run.get("provenance")),
                                None)
-  # {arm: what its convolutions and matmuls computed in}, from its runs' provenance
-  summary["precision"] = {
-      arm: precisions.pop() if len(precisions) == 1 else " / ".join(sorted(precisions))
-      for arm in sweep["arms"]
-      for precisions in [{(run.get("provenance") or {}).get("precision", {}).get("computed_in")
-                          for run in sweep["runs"][arm].values()} - {None}] if precisions}
+  # {arm: what its convolutions and matmuls computed in}, from its runs' provenance (values
+  # joined with " / " where its runs differ); arms whose runs carry none are left out
+  summary["precision"] = {}
+  for arm in sweep["arms"]:
+    values = {(run.get("provenance") or {}).get("precision", {}).get("computed_in")
+              for run in sweep["runs"][arm].values()} - {None}
+    if values:
+      summary["precision"][arm] = " / ".join(sorted(values))
   files.write_json(workdir / "report.json", summary)
   table = io.StringIO()
   columns = ["arm", "seeds_finished", "test_error_mean", "test_error_std", "test_error_best",
