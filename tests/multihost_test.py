@@ -23,15 +23,21 @@ def free_port():
     return s.getsockname()[1]
 
 
-def launch_two_processes(workdir, args=RUN):
-  """`launch.py ARGS` as 2 processes x 2 devices; `workdir`: one for both, or a list of two."""
+def start_two_processes(workdir, args=RUN):
+  """`launch.py ARGS` started as 2 processes x 2 devices (Popen, output piped); `workdir`: one
+  for both, or a list of two."""
   env = dict(os.environ, XLA_FLAGS=xla_flags(2))
   address = f"127.0.0.1:{free_port()}"
   workdirs = workdir if isinstance(workdir, list) else [workdir] * 2
-  processes = [subprocess.Popen(
+  return [subprocess.Popen(
       [sys.executable, "launch.py", *args, f"--workdir={workdirs[i]}",
        f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"], cwd=REPO,
       env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+
+
+def launch_two_processes(workdir, args=RUN):
+  """`start_two_processes`, waited for; asserts both succeed; returns their logs (stderr)."""
+  processes = start_two_processes(workdir, args)
   logs = [p.communicate(timeout=600)[1] for p in processes]
   for process, log in zip(processes, logs):
     assert process.returncode == 0, log[-3000:]
@@ -154,12 +160,7 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step_and_both_r
           "--config.log_every_steps=1", "--config.eval_every_steps=0",
           "--config.checkpoint_every_steps=3", "--config.model.dropout=0.0"]
   workdir = tmp_path / "two"
-  env = dict(os.environ, XLA_FLAGS=xla_flags(2))
-  address = f"127.0.0.1:{free_port()}"
-  processes = [subprocess.Popen(
-      [sys.executable, "launch.py", *args, f"--workdir={workdir}",
-       f"--coordinator_address={address}", "--num_processes=2", f"--process_id={i}"], cwd=REPO,
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  processes = start_two_processes(workdir, args)
   deadline = time.time() + 300
   log = workdir / "metrics.jsonl"
   while not log.exists() or len(log.read_text().splitlines()) < 4:
