@@ -4,6 +4,7 @@ The state holds params, model state (BatchNorm's running averages; {} without), 
 step and the base RNG key. The data position needs no entry of its own: the batch of a step is a
 function of (seed, step) (see data.train_indices).
 """
+import asyncio
 import dataclasses
 import logging
 import sys
@@ -70,7 +71,14 @@ def create_manager(workdir, *, every_steps: int, keep: int, placement=None,
       save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
       max_to_keep=keep, cleanup_tmp_directories=True, **kwargs)
   is_placed = bool(placement is not None and placement.is_placed)
-  manager = (_PlacedManager if is_placed else ocp.CheckpointManager)(directory, options=options)
+  registry = None
+  if "multiprocessing_options" in kwargs:
+    handler = _ThisProcessHandler(kwargs["multiprocessing_options"])
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
+      registry.add("default", args, handler)
+  manager = (_PlacedManager if is_placed else ocp.CheckpointManager)(
+      directory, options=options, handler_registry=registry)
   manager.is_placed = is_placed
   manager.record = record
   return manager
@@ -112,6 +120,56 @@ class _PlacedManager(ocp.CheckpointManager):
   def reached_preemption(self, step: int) -> bool:
     del step
     return False
+
+
+class _WrittenByThisProcess:
+  """Orbax's NumpyHandler (and ScalarHandler, its subclass) writes an array's data on process 0
+  only, whatever the manager's primary host: a run that host 1 of a sweep trained got
+  checkpoints with no data in them, which no relaunch could read (seen in this project's
+  2-process sweep stopped by SIGTERM). A placed run's state is this process's alone (see save),
+  so this process writes it. The loop is orbax 0.12.8's `_background_serialize` without that
+  condition (requirements.txt pins the version; multihost_test's sweep resume holds it)."""
+
+  async def _background_serialize(self, values, infos, args=None):
+    from orbax.checkpoint._src.serialization import ocdbt_utils
+    from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
+    writes = []
+    for value, info, arg in zip(values, infos, args):
+      await info.await_path_creation()
+      spec = ts_utils.build_array_write_spec(
+          info=info, arg=arg, global_shape=value.shape, local_shape=value.shape,
+          dtype=value.dtype, use_ocdbt=info.is_ocdbt_checkpoint,
+          process_index=ocdbt_utils.get_process_index_for_subdir(
+              use_ocdbt=info.is_ocdbt_checkpoint,
+              override_ocdbt_process_id=self._override_ocdbt_process_id),
+          metadata_key=self._metadata_key)
+      writes.append(self._open_and_write(value, spec.json, info.ts_context))
+    await asyncio.gather(*writes)
+
+
+class _ThisProcessNumpyHandler(_WrittenByThisProcess, ocp.type_handlers.NumpyHandler):
+  pass
+
+
+class _ThisProcessScalarHandler(_WrittenByThisProcess, ocp.type_handlers.ScalarHandler):
+  pass
+
+
+class _ThisProcessHandler(ocp.StandardCheckpointHandler):
+  """The item handler of a run placed on one host's devices in a multi-process job: its
+  metadata (`_METADATA`, written by the handler's primary host, process 0 unless told) and its
+  arrays' data written by this process, which alone trains the run."""
+
+  def __init__(self, multiprocessing_options):
+    super().__init__(multiprocessing_options=multiprocessing_options)
+    from orbax.checkpoint._src.serialization import type_handler_registry as registry
+    mine = {ocp.type_handlers.NumpyHandler: _ThisProcessNumpyHandler(),
+            ocp.type_handlers.ScalarHandler: _ThisProcessScalarHandler()}
+    handlers = [(t, mine.get(type(h), h)) for t, h in registry._DEFAULT_TYPE_HANDLERS]
+    # StandardCheckpointHandler keeps its PyTreeCheckpointHandler in _impl and takes no registry
+    self._impl = ocp.PyTreeCheckpointHandler(
+        multiprocessing_options=multiprocessing_options,
+        type_handler_registry=registry.create_type_handler_registry(*handlers))
 
 
 def _signal_keys_of_this_process(process_index: int):

@@ -75,14 +75,14 @@ def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
 
 
 SWEEP = ["--config=experiments/ablate_head.py:digits", "--arm=gap,fc", "--config.num_epochs=0.5",
-         "--config.log_every_steps=5", "--config.eval_every_steps=0",
+         "--config.log_every_steps=1", "--config.eval_every_steps=0",
          "--config.checkpoint_every_steps=4", "--config.ablation.num_seeds=2"]
 
 
 def _sweep_config():
   from experiments import ablate_head
   config = ablate_head.get_config("digits")
-  config.num_epochs, config.log_every_steps, config.eval_every_steps = 0.5, 5, 0
+  config.num_epochs, config.log_every_steps, config.eval_every_steps = 0.5, 1, 0
   config.checkpoint_every_steps, config.ablation.num_seeds = 4, 2
   return config
 
@@ -95,19 +95,21 @@ def _results(workdir):
           for s in [json.loads(p.read_text())]}
 
 
-def test_hosts_split_a_sweep_without_talking_and_a_relaunch_finishes_each_run_once(tmp_path):
-  """A sweep preempted on one host (gap/seed_0 finished, gap/seed_1 stopped at step 4), then
-  relaunched on 2 processes x 2 devices: each run left is trained once, by one host, the half-done
-  one from its checkpoint; every result equals an uninterrupted sweep's. Then the same sweep in
-  per-host folders, copied together: the same report."""
-  # Over 20 s: an uninterrupted 4-run sweep, then two 2-process launches (shared and per-host
-  # folders): each process imports JAX and compiles its steps.
+def test_hosts_split_a_sweep_a_notice_stops_every_run_and_a_relaunch_resumes_each_once(tmp_path):
+  """A sweep on 2 processes x 2 devices, SIGTERM to host 1 while both hosts train: every run in
+  training on either host stops with a checkpoint (status 143 on both), and the relaunch
+  resumes each of those runs from its checkpoint, whichever host trained it, and trains every
+  run once; every result equals an uninterrupted sweep's. Then the same sweep in per-host
+  folders, copied together: the same report."""
+  # Over 20 s: an uninterrupted 4-run sweep, then three 2-process launches (stopped, relaunched,
+  # per-host folders): each process imports JAX and compiles its steps.
+  import signal
+  import time
   import jax
-  from nin_jax import report, sweep, train
-  from nin_jax.placement import Placement
+  from nin_jax import checkpointing, report, sweep
   config = _sweep_config()
-  # uninterrupted, one run at a time on device 0, where the two runs below train: they reuse its
-  # compiled steps (a placed sweep equals one run at a time: sweep_test)
+  # uninterrupted, one run at a time on device 0 (a placed sweep equals one run at a time:
+  # sweep_test)
   reference_config = config.copy_and_resolve_references()
   reference_config.ablation.devices_per_run, reference_config.ablation.runs_at_once = 1, 1
   sweep.run_sweep(reference_config, tmp_path / "reference", only_arms=["gap", "fc"])
@@ -115,20 +117,37 @@ def test_hosts_split_a_sweep_without_talking_and_a_relaunch_finishes_each_run_on
   assert len(reference) == 4
 
   shared = tmp_path / "shared"
-  runs = {run.subdir: run for run in sweep.expand(config, ["gap", "fc"])}
-  one_device = Placement.local(jax.devices()[:1])
-  train.train_and_evaluate(runs["gap/seed_0"].config, shared / "gap/seed_0", placement=one_device)
-  train.train_and_evaluate(runs["gap/seed_1"].config, shared / "gap/seed_1", placement=one_device,
-                           stop_at_step=4)
+  processes = start_two_processes(shared, SWEEP)
+  # the notice as soon as every run has started (its config.json written): the runs then
+  # compile and load for seconds (20 s here) before their first step of 8, so each of them
+  # is in training when the notice reaches it, on either host
+  deadline = time.time() + 300
+  while len(list(shared.glob("*/seed_*/config.json"))) < 4:
+    assert all(p.poll() is None for p in processes) and time.time() < deadline
+    time.sleep(0.05)
+  processes[1].send_signal(signal.SIGTERM)
+  logs = [p.communicate(timeout=300)[1] for p in processes]
+  hosts = [re.findall(r"Run \d+/\d+ (\S+) on cpu device", log) for log in logs]
+  assert sorted(hosts[0] + hosts[1]) == sorted(reference) and all(hosts), hosts
+  stopped = {}
+  for process, log, mine in zip(processes, logs, hosts):
+    assert process.returncode == 143, log[-3000:]
+    line = re.search(r"^stopped by SIGTERM: (.*) checkpointed; relaunch the same command to "
+                     r"resume the sweep$", log, re.MULTILINE)
+    assert line, log[-3000:]
+    runs = dict((run, int(step)) for run, step in re.findall(r"(\S+) at step (\d+)", line.group(1)))
+    assert sorted(runs) == sorted(mine), (runs, mine)
+    stopped.update(runs)
+  for run, step in stopped.items():
+    assert checkpointing.steps_on_disk(shared / run)[-1] == step < 8, (run, step)
+
   logs = launch_two_processes(shared, SWEEP)
+  resumed = {run: int(step) for log in logs for step, run in
+             re.findall(r"Resuming from checkpoint step (\d+) in \S+/shared/(\S+)/checkpoints",
+                        log)}
+  assert resumed == stopped
   trained = [re.findall(r"Run \d+/\d+ (\S+) on cpu device", log) for log in logs]
-  assert sorted(trained[0] + trained[1]) == ["fc/seed_0", "fc/seed_1", "gap/seed_1"]
-  assert all(trained), trained  # both hosts took a share
-  for i, log in enumerate(logs):
-    assert f"Sweep: 4 runs, 1 finished earlier; this host ({i} of 2) trains" in log
-  resumed = [log for log in logs
-             if re.search(r"Resuming from checkpoint step 4 in \S+/gap/seed_1/checkpoints", log)]
-  assert len(resumed) == 1
+  assert sorted(trained[0] + trained[1]) == sorted(reference)
   assert _results(shared) == reference
   assert (shared / "report.json").exists()
 
