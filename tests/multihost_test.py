@@ -105,7 +105,6 @@ def test_hosts_split_a_sweep_a_notice_stops_every_run_and_a_relaunch_resumes_eac
   # per-host folders): each process imports JAX and compiles its steps.
   import signal
   import time
-  import jax
   from nin_jax import checkpointing, report, sweep
   config = _sweep_config()
   # uninterrupted, one run at a time on device 0 (a placed sweep equals one run at a time:
