@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from conftest import REPO, xla_flags, final_params, flatten, launch_here
 
 RUN = ["--config=experiments/default.py:digits", "--config.num_epochs=0.5",
@@ -44,47 +43,9 @@ def launch_two_processes(workdir, args=RUN):
   return logs
 
 
-def test_two_processes_train_like_one_process_with_four_devices(tmp_path):
-  # Over 20 s: 2 x 2 processes on loopback, twice: multi-host needs real processes.
-  logs = launch_two_processes(tmp_path / "two")
-  # Each process loads only its own shard: 719 + 719 of the 1,438 training digits.
-  shards = [re.search(r"Data: digits, (\d+) train, (\d+) validation and (\d+) test examples on "
-                      r"this host", log) for log in logs]
-  assert [int(m.group(1)) for m in shards] == [719, 719]
-  assert [int(m.group(2)) for m in shards] == [0, 0]  # no validation split asked for
-  assert sum(int(m.group(3)) for m in shards) == 359
-  for i, log in enumerate(logs):
-    assert f"Devices: 4 (2 local, process {i} of 2)" in log
-
-  # One process with 4 devices (this one), the same 2 data parts.
-  one = launch_here(*RUN, "--config.data_shards=2", f"--workdir={tmp_path / 'one'}")
-  assert one.returncode == 0, one.stderr[-3000:]
-  a, b = flatten(final_params(tmp_path / "two")), flatten(final_params(tmp_path / "one"))
-  for name in a:
-    np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=2e-5, err_msg=name)
-  two_summary = json.loads((tmp_path / "two" / "summary.json").read_text())
-  one_summary = json.loads((tmp_path / "one" / "summary.json").read_text())
-  assert two_summary["test_accuracy"] == one_summary["test_accuracy"]
-
-  # Both processes restore the checkpoint they wrote together.
-  relaunch = launch_two_processes(tmp_path / "two")
-  for log in relaunch:
-    assert "Resuming from checkpoint step 11" in log
-  again = json.loads((tmp_path / "two" / "summary.json").read_text())
-  assert again["test_accuracy"] == two_summary["test_accuracy"] and again["step"] == 11
-
-
 SWEEP = ["--config=experiments/ablate_head.py:digits", "--arm=gap,fc", "--config.num_epochs=0.5",
          "--config.log_every_steps=1", "--config.eval_every_steps=0",
          "--config.checkpoint_every_steps=4", "--config.ablation.num_seeds=2"]
-
-
-def _sweep_config():
-  from experiments import ablate_head
-  config = ablate_head.get_config("digits")
-  config.num_epochs, config.log_every_steps, config.eval_every_steps = 0.5, 1, 0
-  config.checkpoint_every_steps, config.ablation.num_seeds = 4, 2
-  return config
 
 
 def _results(workdir):
@@ -96,24 +57,23 @@ def _results(workdir):
 
 
 def test_hosts_split_a_sweep_a_notice_stops_every_run_and_a_relaunch_resumes_each_once(tmp_path):
-  """A sweep on 2 processes x 2 devices, SIGTERM to host 1 while both hosts train: every run in
-  training on either host stops with a checkpoint (status 143 on both), and the relaunch
-  resumes each of those runs from its checkpoint, whichever host trained it, and trains every
-  run once; every result equals an uninterrupted sweep's. Then the same sweep in per-host
-  folders, copied together: the same report."""
-  # Over 20 s: an uninterrupted 4-run sweep, then three 2-process launches (stopped, relaunched,
-  # per-host folders): each process imports JAX and compiles its steps.
+  """A sweep on 2 processes x 2 devices in per-host folders (no shared storage), copied
+  together, is the reference. The same sweep in one folder, Ctrl-C (SIGINT, passed on as SIGTERM
+  to JAX's preemption service) to host 1 while both hosts train: every run on either host stops
+  with a checkpoint (status 130 on host 1, 143 on host 0), and the relaunch resumes each from its
+  checkpoint and trains every run once; results and report equal the reference's."""
+  # Over 20 s: three 2-process launches (per-host folders, stopped, relaunched): each process
+  # imports JAX and compiles its steps.
   import signal
   import time
-  from nin_jax import checkpointing, report, sweep
-  config = _sweep_config()
-  # uninterrupted, one run at a time on device 0 (a placed sweep equals one run at a time:
-  # sweep_test)
-  reference_config = config.copy_and_resolve_references()
-  reference_config.ablation.devices_per_run, reference_config.ablation.runs_at_once = 1, 1
-  sweep.run_sweep(reference_config, tmp_path / "reference", only_arms=["gap", "fc"])
-  reference = _results(tmp_path / "reference")
+  from nin_jax import checkpointing, report
+  launch_two_processes([tmp_path / "host0", tmp_path / "host1"], SWEEP)
+  merged = tmp_path / "merged"
+  shutil.copytree(tmp_path / "host0", merged)
+  shutil.copytree(tmp_path / "host1", merged, dirs_exist_ok=True)
+  reference = _results(merged)
   assert len(reference) == 4
+  report.write_report(merged)
 
   shared = tmp_path / "shared"
   processes = start_two_processes(shared, SWEEP)
@@ -124,14 +84,14 @@ def test_hosts_split_a_sweep_a_notice_stops_every_run_and_a_relaunch_resumes_eac
   while len(list(shared.glob("*/seed_*/config.json"))) < 4:
     assert all(p.poll() is None for p in processes) and time.time() < deadline
     time.sleep(0.05)
-  processes[1].send_signal(signal.SIGTERM)
+  processes[1].send_signal(signal.SIGINT)
   logs = [p.communicate(timeout=300)[1] for p in processes]
   hosts = [re.findall(r"Run \d+/\d+ (\S+) on cpu device", log) for log in logs]
   assert sorted(hosts[0] + hosts[1]) == sorted(reference) and all(hosts), hosts
   stopped = {}
-  for process, log, mine in zip(processes, logs, hosts):
-    assert process.returncode == 143, log[-3000:]
-    line = re.search(r"^stopped by SIGTERM: (.*) checkpointed; relaunch the same command to "
+  for process, log, mine, got in zip(processes, logs, hosts, ("SIGTERM", "SIGINT")):
+    assert process.returncode == 128 + getattr(signal, got), log[-3000:]
+    line = re.search(rf"^stopped by {got}: (.*) checkpointed; relaunch the same command to "
                      r"resume the sweep$", log, re.MULTILINE)
     assert line, log[-3000:]
     runs = dict((run, int(step)) for run, step in re.findall(r"(\S+) at step (\d+)", line.group(1)))
@@ -148,15 +108,6 @@ def test_hosts_split_a_sweep_a_notice_stops_every_run_and_a_relaunch_resumes_eac
   trained = [re.findall(r"Run \d+/\d+ (\S+) on cpu device", log) for log in logs]
   assert sorted(trained[0] + trained[1]) == sorted(reference)
   assert _results(shared) == reference
-  assert (shared / "report.json").exists()
-
-  # Per-host folders (no shared storage), then copied together.
-  logs = launch_two_processes([tmp_path / "host0", tmp_path / "host1"], SWEEP)
-  merged = tmp_path / "merged"
-  shutil.copytree(tmp_path / "host0", merged)
-  shutil.copytree(tmp_path / "host1", merged, dirs_exist_ok=True)
-  assert _results(merged) == reference
-  report.write_report(merged)
   tables = [json.loads((d / "report.json").read_text()) for d in (shared, merged)]
   for table in tables:  # the results, not how fast they came
     for arm in table["arms"]:
@@ -164,13 +115,13 @@ def test_hosts_split_a_sweep_a_notice_stops_every_run_and_a_relaunch_resumes_eac
   assert tables[0] == tables[1] and tables[0]["comparisons"]
 
 
-@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
-def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step_and_both_resume(
-    tmp_path, signame):
-  """A preemption notice (SIGTERM) or Ctrl-C (SIGINT, passed on as SIGTERM) on one host: JAX's
-  preemption service tells the other, both stop at the same step with a checkpoint of it (status
-  128 + the signal each got), and the relaunch resumes there and ends as one process with 4
-  devices does."""
+def test_two_processes_stopped_by_a_signal_to_one_stop_together_resume_and_end_as_one_would(
+    tmp_path):
+  """Two processes train one run, each on its own shard of the data. A preemption notice
+  (SIGTERM) on one host: JAX's preemption service tells the other, both stop at the same step
+  with a checkpoint of it (status 143), and the relaunch resumes there on both and ends as one
+  process with 4 devices and the same 2 data parts does. (SIGINT on one host: the sweep test
+  above.)"""
   # Over 20 s: 2 processes twice, and the same run in this process.
   import signal
   import time
@@ -184,12 +135,20 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step_and_both_r
   while not log.exists() or len(log.read_text().splitlines()) < 4:
     assert all(p.poll() is None for p in processes) and time.time() < deadline
     time.sleep(0.05)
-  processes[1].send_signal(getattr(signal, signame))  # the host that writes nothing
+  processes[1].send_signal(signal.SIGTERM)  # the host that writes nothing
   logs = [p.communicate(timeout=300)[1] for p in processes]
+  # Each process loads only its own shard: 719 + 719 of the 1,438 training digits.
+  shards = [re.search(r"Data: digits, (\d+) train, (\d+) validation and (\d+) test examples on "
+                      r"this host", text) for text in logs]
+  assert [int(m.group(1)) for m in shards] == [719, 719]
+  assert [int(m.group(2)) for m in shards] == [0, 0]  # no validation split asked for
+  assert sum(int(m.group(3)) for m in shards) == 359
+  for i, text in enumerate(logs):
+    assert f"Devices: 4 (2 local, process {i} of 2)" in text
   steps = []
-  for process, text, got in zip(processes, logs, ("SIGTERM", signame)):
-    assert process.returncode == 128 + getattr(signal, got), text[-3000:]
-    match = re.search(rf"^stopped by {got} at step (\d+) of 44, checkpoint saved in \S+; "
+  for process, text in zip(processes, logs):
+    assert process.returncode == 143, text[-3000:]
+    match = re.search(r"^stopped by SIGTERM at step (\d+) of 44, checkpoint saved in \S+; "
                       r"relaunch the same command to resume$", text, re.MULTILINE)
     assert match, text[-3000:]
     steps.append(int(match.group(1)))
@@ -207,3 +166,6 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step_and_both_r
   a, b = flatten(final_params(workdir)), flatten(final_params(tmp_path / "one"))
   for name in a:
     np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=2e-5, err_msg=name)
+  two_summary = json.loads((workdir / "summary.json").read_text())
+  one_summary = json.loads((tmp_path / "one" / "summary.json").read_text())
+  assert two_summary["test_accuracy"] == one_summary["test_accuracy"]
