@@ -27,9 +27,11 @@ import collections
 import functools
 import glob
 import json
+import logging
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,7 +44,7 @@ import flax.linen as nn
 import numpy as np
 from absl import app, flags
 
-from nin_jax import data, files, models, train
+from nin_jax import data, files, models, preemption, train
 from nin_jax.placement import Placement, cpu_bfloat16_flags
 
 flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after compilation).")
@@ -570,5 +572,33 @@ def main(argv):
             f"| {r['gflop_per_s']:.0f} | {100 * r['gflop_per_s'] * 1e9 / peak:.0f}% |")
 
 
+def _main_ended_by_signals(argv):
+  """`main`, which SIGTERM or SIGINT ends cleanly: a measurement has nothing to resume (rerun
+  it), so the command unwinds at once (temporary data and workdirs removed, the PyTorch peer's
+  process killed, --out not written) and exits with 128 + the signal, one line saying so."""
+  # Every temporary file of the run (the benchmark's, TFDS's, TensorFlow's) under one folder,
+  # removed at the end whatever the signal interrupted (even a folder half made).
+  root = tempfile.mkdtemp(prefix="nin_jax_benchmark_")
+  tempfile.tempdir = root
+  try:
+    with preemption.end_on_signals() as ended:
+      try:
+        main(argv)
+      except BaseException:
+        if not ended:
+          raise
+      else:
+        if ended:  # held by a library until the end: the table was written
+          logging.warning("%s came as the benchmark ended: its table is complete",
+                          preemption.signal_name(ended[0]))
+        return
+  finally:
+    tempfile.tempdir = None
+    shutil.rmtree(root, ignore_errors=True)
+  print(f"stopped by {preemption.signal_name(ended[0])}: nothing measured is written (--out is "
+        "written once every row is); rerun the command", file=sys.stderr)
+  sys.exit(128 + ended[0])
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(_main_ended_by_signals)

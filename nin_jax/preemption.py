@@ -138,3 +138,37 @@ def watch_all_hosts(interval_s: float = 1.0):
   finally:
     done.set()
     thread.join()
+
+
+class Ended(BaseException):
+  """Raised by `end_on_signals`' handler: a BaseException, as KeyboardInterrupt is, so that
+  libraries' `except Exception` let it through."""
+
+
+@contextlib.contextmanager
+def end_on_signals():
+  """For commands with nothing to checkpoint (`python -m nin_jax.benchmark`): SIGTERM and SIGINT,
+  inside, raise `Ended` in the main thread, so that what the command was doing unwinds (its
+  temporary folders removed, a child process killed, no output file half-written). Yields a list
+  that holds the signal once one came: code that catches every exception may turn it into
+  another (or, rarely, hold it and go on), so the caller asks the list, not the exception's
+  type, and exits with 128 + the signal. Main thread only, as `stop_on_signals`; the handlers
+  before it are restored on the way out."""
+  ended: list[int] = []
+  if threading.current_thread() is not threading.main_thread():
+    yield ended
+    return
+
+  def end(signum, frame):
+    del frame
+    for s in SIGNALS:  # a second signal while unwinding lets the cleanup finish
+      signal.signal(s, signal.SIG_IGN)
+    ended.append(signum)
+    raise Ended(f"stopped by {signal_name(signum)}")
+
+  previous = {s: signal.signal(s, end) for s in SIGNALS}
+  try:
+    yield ended
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)

@@ -192,3 +192,33 @@ def test_a_signal_after_the_last_step_lets_the_run_finish_and_says_so(tmp_path, 
       "SIGTERM came after training had ended: finished, nothing to resume")
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["finished"] and summary["step"] == 44
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_ends_the_benchmark_cleanly(tmp_path, signum):
+  """`python -m nin_jax.benchmark` has nothing to checkpoint: a signal while it writes its JPEGs
+  ends it at once with one line and 128 + the signal, its temporary files removed (TFDS's too)
+  and no --out."""
+  temporary = tmp_path / "tmp"
+  temporary.mkdir()
+  out = tmp_path / "benchmark.json"
+
+  def ours():
+    return list(temporary.iterdir())
+
+  process = subprocess.Popen(
+      [sys.executable, "-m", "nin_jax.benchmark", "--models=imagenet_streamed",
+       "--dtypes=float32", "--steps=2", f"--out={out}"], cwd=REPO, text=True,
+      env=dict(os.environ, TMPDIR=str(temporary), XLA_FLAGS=xla_flags(1)),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  deadline = time.time() + 120
+  while not list(temporary.glob("*/*")):  # its data folder: the JPEGs are being written
+    assert process.poll() is None and time.time() < deadline, process.communicate()[1][-2000:]
+    time.sleep(0.05)
+  process.send_signal(signum)
+  stderr = process.communicate(timeout=120)[1]
+  assert process.returncode == 128 + signum, stderr[-2000:]
+  assert stderr.strip().splitlines()[-1] == (
+      f"stopped by {signal.Signals(signum).name}: nothing measured is written (--out is written "
+      "once every row is); rerun the command")
+  assert not out.exists() and not ours()
