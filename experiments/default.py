@@ -231,8 +231,8 @@ def imagenet_recipe(config, dataset: str):
 
 
 def ablation(arms: dict, num_seeds: int, paper_test_error=None) -> ml_collections.ConfigDict:
-  """The `ablation` section of a sweep config (nin_jax/sweep.py): every arm with seeds
-  0 .. num_seeds - 1.
+  """The `ablation` section of a sweep config (nin_jax/sweep.py): every arm with num_seeds
+  seeds from `config.seed` (0 .. num_seeds - 1 by default).
 
   `arms`: {arm name: {dotted field: value}}; an arm may set several fields. One field, one
   value an arm: `sweep.arm_set("model.num_1x1", (0, 1, 2))`; a grid (every combination of

@@ -16,12 +16,22 @@ class DataError(NinError, ValueError):
   """Data that cannot be used as asked."""
 
 
-class TrainingStuckError(NinError, RuntimeError):
+class DivergedError(NinError, RuntimeError):
+  """The training itself failed (a result of its settings, not of the machine): `step`, the step
+  it was seen at; `loss`, the loss there (float; NaN or Inf where that is what failed). A run
+  alone stops with it; in a sweep it is that run's result (nin_jax/sweep.py)."""
+
+  def __init__(self, message: str, step: int, loss: float):
+    super().__init__(message)
+    self.step, self.loss = step, loss
+
+
+class TrainingStuckError(DivergedError):
   """The loss sits at ln(num_classes): the class-map ReLUs died (NIN_REFERENCE.md)."""
 
 
-class NonFiniteLossError(NinError, RuntimeError):
-  """The loss became NaN or Inf."""
+class NonFiniteLossError(DivergedError):
+  """The loss (or the gradient norm) became NaN or Inf."""
 
 
 class CheckpointError(NinError, RuntimeError):

@@ -221,16 +221,25 @@ def load_sweep(workdir):
     raise ConfigError(f"{sweep_file} is unreadable; relaunch the sweep's command (it rewrites "
                       "that file and skips the finished runs) to rebuild the report")
   sweep.setdefault("paper_test_error", {})
-  sweep["runs"] = {}
+  sweep["runs"], sweep["diverged"] = {}, {}
+  from nin_jax import sweep as sweeps  # imported here: nin_jax.sweep imports this module late
   for arm in sweep["arms"]:
-    finished = {}
-    for seed in range(sweep["num_seeds"]):
-      summary = files.read_json(workdir / arm / f"seed_{seed}" / "summary.json", "run summary")
+    finished, diverged = {}, {}
+    for seed in sweep.get("seeds", range(sweep["num_seeds"])):  # sweeps before "seeds": 0..
+      run_dir = workdir / arm / f"seed_{seed}"
+      summary = files.read_json(run_dir / "summary.json", "run summary")
       if isinstance(summary, dict) and summary.get("finished"):
-        summary["records"] = metrics.read(workdir / arm / f"seed_{seed}")
+        summary["records"] = metrics.read(run_dir)
         finished[seed] = summary
-    sweep["runs"][arm] = finished
+      elif (record := sweeps.diverged(run_dir)) is not None:
+        diverged[seed] = record
+    sweep["runs"][arm], sweep["diverged"][arm] = finished, diverged
   return sweep
+
+
+def _seed_range(sweep):
+  chosen = sweep.get("seeds", list(range(sweep["num_seeds"])))
+  return f"seed {chosen[0]}" if len(chosen) == 1 else f"seeds {chosen[0]}–{chosen[-1]}"
 
 
 SPLITS = ("test", "validation")
@@ -254,6 +263,9 @@ def summarize(sweep):
     row = {
         "arm": arm, "overrides": sweep.get("overrides", {}).get(arm, {}),
         "seeds_finished": sorted(runs), "seeds_planned": sweep["num_seeds"],
+        "seeds_diverged": [
+            {"seed": seed, **{k: record.get(k) for k in ("step", "loss", "reason")}}
+            for seed, record in sorted(sweep.get("diverged", {}).get(arm, {}).items())],
         "num_params": first.get("num_params"),
         "flops_per_image": first.get("flops_per_image"),
         "train_images_per_s": (float(np.mean([r["train_images_per_s"] for r in runs.values()]))
@@ -343,7 +355,8 @@ def markdown(summary, sweep, warnings_=()):
     lines += ["**Warnings: the runs compared here may differ in more than their arms.**", ""]
     lines += [f"- {w}" for w in warnings_] + [""]
   lines += [
-      f"Seeds per arm: {sweep['num_seeds']} (seed n gives every arm the same data order and "
+      f"Seeds per arm: {sweep['num_seeds']}, {_seed_range(sweep)} (`config.seed` and the ones "
+      "after it, one run each; seed n gives every arm the same data order and "
       f"augmentation). Hardware: {', '.join(f'{p} x {d}' for p, d in sorted(hardware)) or '–'}. "
       "Errors in %; mean ± sample std over the finished seeds."
       + (" Validation: training examples held out (stratified, the same for every run), "
@@ -358,8 +371,9 @@ def markdown(summary, sweep, warnings_=()):
       mean = a[f"{split}_error_mean"]
       cells.append(f"{mean:.2f} ± {_fmt(a[f'{split}_error_std'])}" if mean is not None else "–")
       cells += [_fmt(a[f"{split}_error_best"]), _fmt(a[f"{split}_error_worst"])]
+    gone = f" ({len(a['seeds_diverged'])} diverged)" if a.get("seeds_diverged") else ""
     lines.append(
-        f"| {a['arm']} | {sets} | {len(a['seeds_finished'])}/{a['seeds_planned']} "
+        f"| {a['arm']} | {sets} | {len(a['seeds_finished'])}/{a['seeds_planned']}{gone} "
         f"| {' | '.join(cells)} | {_fmt(a['num_params'], '{:,}')} "
         f"| {_fmt(a['flops_per_image'] and a['flops_per_image'] / 1e6, '{:.1f}')} "
         f"| {_fmt(a['train_images_per_s'], '{:.0f}')} | {_fmt(a['wall_time_s'], '{:.1f}')} "
@@ -378,6 +392,13 @@ def markdown(summary, sweep, warnings_=()):
       by_value.setdefault(value, []).append(arm)
     lines += ["", "Convolutions and matmuls computed in: " + "; ".join(
         f"{value} ({', '.join(arms)})" for value, arms in by_value.items()) + "."]
+  diverged = [(a["arm"], record["seed"], record) for a in arms
+              for record in a.get("seeds_diverged", [])]
+  if diverged:
+    lines += ["", f"Diverged: {len(diverged)} run(s), a result of their setting; their arms are "
+                  "compared on the seeds that finished."]
+    lines += [f"- {arm} seed {seed}: {record['reason']} at step {record['step']} "
+              f"(loss {record['loss']})" for arm, seed, record in diverged]
   lines += [
       "", "## Differences between arms", "",
       "Difference = error(a) − error(b) in percentage points over the seeds both finished; "

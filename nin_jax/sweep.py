@@ -4,6 +4,12 @@ A run lives in `<workdir>/<arm>/seed_<n>/`. Relaunching skips finished runs and 
 ones from their checkpoints, so a sweep survives preemption. Seed n gives every arm the same data
 order and augmentation, so arms are compared pairwise.
 
+A run whose training diverges (a NaN or Inf loss, or the loss stuck at ln C: `DivergedError`) is
+a result of its setting, not a failure of the sweep: its `diverged.json` records the step, the
+loss and why, the other runs go on, the report counts it per arm, and a relaunch does not train
+it again (delete that file to retry it). Any other failure (a full disk, a lost device, a bug)
+stops every run of this host at a checkpoint and is raised.
+
 Filling the machine. This host's devices are cut into groups of `ablation.devices_per_run`, and
 `ablation.runs_at_once` runs train at the same time, each on a group (several share a group when
 there are more runs at once than groups), in threads of this process: a step releases Python's
@@ -21,6 +27,7 @@ workdir (gs://) the report covers every run; with per-host folders, copy them to
 import dataclasses
 import difflib
 import logging
+import math
 import queue
 import threading
 import time
@@ -33,10 +40,11 @@ from etils import epath
 
 from nin_jax import checkpointing, files, metrics, preemption, train, validation
 from nin_jax import workdir as run_workdir
-from nin_jax.errors import ConfigError, NinError
+from nin_jax.errors import ConfigError, DivergedError, NinError
 from nin_jax.placement import Placement
 
 FINISHED = -1  # in a progress table: the run has its summary
+DIVERGED = -2  # in a progress table: the run's training diverged (its diverged.json); a result
 # On CPU a small model's step leaves cores idle between its ops, so runs overlap well: runs at
 # once on a CPU host, the fastest measured on 2 cores (README.md, "Sweeps on one machine"). CPU
 # devices (--xla_force_host_platform_device_count) all share the same cores.
@@ -155,8 +163,16 @@ def apply(config, overrides: dict):
   return config
 
 
+def seeds(config) -> list[int]:
+  """The seeds of a sweep: `config.seed`, `config.seed` + 1, ..., num_seeds of them (seed 0 ..
+  num_seeds - 1 by default). `--config.seed=5` gives other seeds, never copies of the first
+  sweep's; more seeds for a report: a larger `--config.ablation.num_seeds` (the finished runs
+  are kept)."""
+  return list(range(config.seed, config.seed + config.ablation.num_seeds))
+
+
 def expand(config, only_arms=None) -> list[Run]:
-  """The runs of a sweep: each arm (or those in `only_arms`) with seeds 0 .. num_seeds - 1.
+  """The runs of a sweep: each arm (or those in `only_arms`) with each of `seeds(config)`.
   Raises ConfigError (one line) for an unknown arm, or an arm that sets a field the config
   lacks, with a value of the wrong type, or the seed (seeds are the sweep's)."""
   all_arms = arms(config)
@@ -178,7 +194,7 @@ def expand(config, only_arms=None) -> list[Run]:
       raise ConfigError(f"arm {name!r} of the ablation: {e}") from None
     if only_arms and name not in only_arms:
       continue
-    for seed in range(config.ablation.num_seeds):
+    for seed in seeds(config):
       run_config = base.copy_and_resolve_references()
       run_config.seed = seed
       runs.append(Run(name, seed, run_config, overrides))
@@ -191,10 +207,23 @@ def is_finished(run_dir) -> bool:
   return bool(isinstance(summary, dict) and summary.get("finished", False))
 
 
+DIVERGED_FILE = "diverged.json"
+
+
+def diverged(run_dir) -> dict | None:
+  """The record of a run of a sweep whose training diverged (`DivergedError`: a NaN or Inf loss,
+  or the loss stuck at ln C): {"step", "loss", "reason", "message"}; None for any other run."""
+  record = files.read_json(epath.Path(run_dir) / DIVERGED_FILE, "diverged-run record")
+  return record if isinstance(record, dict) and "step" in record else None
+
+
 def progress(run_dir) -> int:
-  """FINISHED, or the newest checkpoint step in `run_dir` (0: none), as this host sees it."""
+  """FINISHED, DIVERGED, or the newest checkpoint step in `run_dir` (0: none), as this host
+  sees it."""
   if is_finished(run_dir):
     return FINISHED
+  if diverged(run_dir) is not None:
+    return DIVERGED
   return max(checkpointing.steps_on_disk(run_dir), default=0)
 
 
@@ -210,7 +239,7 @@ def share(table: np.ndarray) -> list[list[int]]:
   shares = [[] for _ in range(hosts)]
   free = []
   for r in range(num_runs):
-    if (table[:, r] == FINISHED).any():
+    if (table[:, r] < 0).any():  # FINISHED or DIVERGED: done
       continue
     newest = table[:, r].max()
     holders = np.flatnonzero(table[:, r] == newest)
@@ -261,12 +290,13 @@ def run_sweep(config, workdir, only_arms=None, overwrite=False):
     files.write_json(workdir / "sweep.json", {
         "field": ", ".join(swept_fields(all_arms)), "swept": swept_fields(all_arms),
         "arms": list(all_arms), "overrides": all_arms, "num_seeds": config.ablation.num_seeds,
+        "seeds": seeds(config),
         "paper_test_error": dict(config.ablation.get("paper_test_error", {})),
         "dataset": config.dataset})
     if jax.process_index() == 0:  # TensorBoard's HParams dashboard: arms x seeds side by side
       fields = swept_fields(all_arms)
       metrics.write_hparams_config(workdir, {
-          "arm": list(all_arms), "seed": list(range(config.ablation.num_seeds)),
+          "arm": list(all_arms), "seed": seeds(config),
           **{field: list(dict.fromkeys(o[field] for o in all_arms.values() if field in o))
              for field in fields}}, [metrics.VALIDATION_ERROR_TAG, metrics.TEST_ERROR_TAG])
     seen = np.array([0 if overwrite else progress(workdir / run.subdir) for run in runs], np.int64)
@@ -275,9 +305,16 @@ def run_sweep(config, workdir, only_arms=None, overwrite=False):
   table = _gather(runs, seen, error)
   mine = [runs[r] for r in share(table)[jax.process_index()]]
   done = int((table == FINISHED).any(axis=0).sum())
-  logging.info("Sweep: %d runs, %d finished earlier; this host (%d of %d) trains %d, %d at once "
-               "on groups of %d device(s)", len(runs), done, jax.process_index(),
+  gone = [runs[r].subdir for r in range(len(runs)) if (table[:, r] == DIVERGED).any()]
+  logging.info("Sweep: %d runs, %d finished earlier%s; this host (%d of %d) trains %d, %d at "
+               "once on groups of %d device(s)", len(runs), done,
+               f", {len(gone)} diverged earlier (not retried: {', '.join(gone)}; delete a run's "
+               f"{DIVERGED_FILE} to retry it)" if gone else "", jax.process_index(),
                jax.process_count(), len(mine), min(at_once, len(mine)), per_run)
+  chosen = seeds(config)
+  logging.info("Seeds %d..%d of every arm: --config.seed=%d and the %d after it "
+               "(--config.ablation.num_seeds=%d)", chosen[0], chosen[-1], config.seed,
+               len(chosen) - 1, len(chosen))
   if runs:  # a --config value of a swept field is not what a run trains with: say so
     logging.info("The arms set %s; each run takes its arm's value, whatever the config says",
                  ", ".join(swept_fields({run.arm: run.overrides for run in runs})))
@@ -345,6 +382,7 @@ def train_placed(runs, workdir, devices_per_run, runs_at_once, overwrite=False):
         return
       logging.info("Run %d/%d %s on %s", index, len(runs), run.subdir, placement.describe())
       started = time.time()
+      (workdir / run.subdir / DIVERGED_FILE).unlink(missing_ok=True)  # trained again: no record
       try:
         summary = train.train_and_evaluate(run.config, workdir / run.subdir, overwrite=overwrite,
                                            placement=placement, stop=stop,
@@ -353,6 +391,13 @@ def train_placed(runs, workdir, devices_per_run, runs_at_once, overwrite=False):
       except preemption.Preempted as e:  # checkpointed; the other runs stop on the notice too
         preempted.append((run, e))
         return
+      except DivergedError as e:  # that setting diverges: a result, the other runs go on
+        files.write_json(workdir / run.subdir / DIVERGED_FILE, {
+            "step": e.step, "loss": e.loss if math.isfinite(e.loss) else str(e.loss),
+            "reason": type(e).__name__, "message": str(e)})
+        logging.warning("Run %s diverged at step %d (loss %s): a result of the sweep, counted "
+                        "in its report; the other runs go on", run.subdir, e.step, e.loss)
+        continue
       except BaseException as e:  # noqa: BLE001 -- raised in the main thread below
         logging.error("Run %s failed: %s: %s", run.subdir, type(e).__name__,
                       files.one_line(e, 300))

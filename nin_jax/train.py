@@ -381,7 +381,8 @@ class LossGuard:
           raise NonFiniteLossError(
               f"{name} is {value} at step {step}; the run stopped and its last checkpoint (from "
               "before this step) is kept. Lower --config.optimizer.learning_rate or set "
-              "--config.optimizer.grad_clip_norm, then relaunch with a new --workdir.")
+              "--config.optimizer.grad_clip_norm, then relaunch with a new --workdir.",
+              step=step, loss=float(step_metrics["loss"]))
       loss = float(step_metrics["loss"])
       self.run = self.run + 1 if abs(loss - self.chance_loss) < self.tolerance else 0
       if self.patience_steps and self.run >= self.patience_steps:
@@ -391,7 +392,8 @@ class LossGuard:
             "(README.md, 'The loss stuck at ln(10)'). Change one of: "
             "--config.optimizer.classifier_lr_multiplier=0.1 (the authors' 0.1x lr on the "
             "class-map layer), a lower --config.optimizer.learning_rate, "
-            "--config.preprocess=gcn_zca, or --config.model.relu_on_class_maps=False.")
+            "--config.preprocess=gcn_zca, or --config.model.relu_on_class_maps=False.",
+            step=step, loss=loss)
 
 
 # ----------------------------------------------------------------------------------------------

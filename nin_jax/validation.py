@@ -225,6 +225,9 @@ def validate_ablation(config):
   _require(ablation.runs_at_once >= 0,
            f"--config.ablation.runs_at_once={ablation.runs_at_once} must be >= 1 (or 0: automatic)")
   _require(ablation.num_seeds >= 1, f"--config.ablation.num_seeds={ablation.num_seeds} must be >= 1")
+  _require(isinstance(config.seed, int) and not isinstance(config.seed, bool) and config.seed >= 0,
+           f"--config.seed={config.seed!r}: a sweep's first seed must be an integer >= 0 (its runs "
+           "take it and the ones after it)")
   if ablation.get("arms"):
     _require(all(isinstance(arm, (tuple, list)) and len(arm) == 2 and isinstance(arm[0], str)
                  and all(isinstance(o, (tuple, list)) and len(o) == 2 and isinstance(o[0], str)

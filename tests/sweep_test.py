@@ -1,6 +1,8 @@
 """Ablation sweeps: arm expansion, resuming a half-finished sweep, the report, CAM figures."""
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 
@@ -247,21 +249,63 @@ def test_placed_runs_on_two_device_groups_equal_one_at_a_time(tmp_path):
     assert placed[seed]["test_loss"] == serial[seed]["test_loss"], seed
 
 
-def test_a_failing_run_stops_the_others_at_a_checkpoint_and_names_itself(tmp_path):
-  """Runs at learning rates 0.05 and 1e4 side by side: the latter fail (NaN loss) and name
-  themselves; the others stop where they are, each with a checkpoint to resume from."""
-  # Over 20 s: 4 runs side by side, compiled for two learning rates.
+def test_a_diverging_arm_is_a_result_the_others_finish_and_a_relaunch_does_not_retry_it(
+    tmp_path, caplog):
+  """Learning rates 0.05 and 1e4 side by side: the 1e4 runs reach a NaN loss, which is their
+  result (step, loss, why in diverged.json; the report counts them); the 0.05 runs finish in
+  the same launch, and a relaunch trains nothing."""
   config = _short_sweep(devices_per_run=1, runs_at_once=4, num_seeds=2)
   config.ablation.arms = default.ablation(
       sweep.arm_set("optimizer.learning_rate", (0.05, 1e4)), num_seeds=2).arms
-  config.num_epochs = 20.0  # long enough that the good runs are still running
-  with pytest.raises(Exception, match=r"run learning_rate_10000.0/seed_\d: loss is nan"):
-    sweep.run_sweep(config, tmp_path)
+  sweep.run_sweep(config, tmp_path)
   for seed in (0, 1):
-    run = tmp_path / "learning_rate_0.05" / f"seed_{seed}"
+    good = tmp_path / "learning_rate_0.05" / f"seed_{seed}" / "summary.json"
+    assert json.loads(good.read_text())["finished"]
+    record = sweep.diverged(tmp_path / "learning_rate_10000.0" / f"seed_{seed}")
+    assert record["reason"] == "NonFiniteLossError" and record["loss"] == "nan"
+    assert 1 <= record["step"] <= 8 and "loss is nan" in record["message"]
+    assert not (tmp_path / "learning_rate_10000.0" / f"seed_{seed}" / "summary.json").exists()
+  arms = {a["arm"]: a for a in json.loads((tmp_path / "report.json").read_text())["arms"]}
+  assert arms["learning_rate_0.05"]["seeds_finished"] == [0, 1]
+  assert arms["learning_rate_0.05"]["seeds_diverged"] == []
+  assert arms["learning_rate_10000.0"]["seeds_finished"] == []
+  assert [d["seed"] for d in arms["learning_rate_10000.0"]["seeds_diverged"]] == [0, 1]
+  text = (tmp_path / "report.md").read_text()
+  assert "| learning_rate_10000.0 | optimizer.learning_rate=10000.0 | 0/2 (2 diverged) |" in text
+  assert "Diverged: 2 run(s), a result of their setting" in text
+  assert "Seeds per arm: 2, seeds 0–1 (`config.seed` and the ones after it" in text
+  assert re.search(r"- learning_rate_10000.0 seed 0: NonFiniteLossError at step \d+ \(loss nan\)",
+                   text)
+
+  caplog.clear()
+  with caplog.at_level(logging.INFO):
+    sweep.run_sweep(config, tmp_path)
+  assert ("Sweep: 4 runs, 2 finished earlier, 2 diverged earlier (not retried: "
+          "learning_rate_10000.0/seed_0, learning_rate_10000.0/seed_1; delete a run's "
+          "diverged.json to retry it); this host (0 of 1) trains 0") in caplog.text
+
+
+def test_a_run_that_fails_for_another_reason_stops_the_others_at_a_checkpoint(tmp_path):
+  """A failure that is not the training's (here a run's metrics file cannot be written) stops
+  the sweep: the run names itself and the others stop where they are, each with a checkpoint to
+  resume from."""
+  # Over 20 s: 4 runs side by side, compiled for two learning rates.
+  config = _short_sweep(devices_per_run=1, runs_at_once=4, num_seeds=2)
+  config.ablation.arms = default.ablation(
+      sweep.arm_set("optimizer.learning_rate", (0.05, 0.04)), num_seeds=2).arms
+  config.num_epochs = 20.0  # long enough that the good runs are still running
+  broken = tmp_path / "learning_rate_0.04" / "seed_1"
+  broken.mkdir(parents=True)
+  (broken / "metrics.jsonl").mkdir()  # a folder where its metrics file goes: met when it starts
+  with pytest.raises(OSError, match=r"learning_rate_0.04/seed_1/metrics.jsonl"):
+    sweep.run_sweep(config, tmp_path)
+  for arm, seed in [("learning_rate_0.05", 0), ("learning_rate_0.05", 1),
+                    ("learning_rate_0.04", 0)]:
+    run = tmp_path / arm / f"seed_{seed}"
     summary = json.loads((run / "summary.json").read_text())
     assert not summary["finished"] and summary["step"] < summary["total_steps"]
     assert checkpointing.steps_on_disk(run)[-1] == summary["step"]
+    assert sweep.diverged(run) is None
 
 
 def test_hosts_share_the_runs_left_and_half_done_runs_stay_where_their_checkpoints_are():
@@ -375,3 +419,22 @@ def test_arm_values_of_every_kind_make_arms_that_run():
   assert sweep.arms(config) == {"wide": {"model.fc_hidden": (64,)}}  # hashable, as the run's
   with pytest.raises(ConfigError, match=r"the grid names two arms 'a-b-c'"):
     sweep.grid({"a": {"x": 1}, "a-b": {"x": 2}}, {"b-c": {"y": 1}, "c": {"y": 2}})
+
+
+def test_a_sweep_takes_its_seeds_from_the_config_seed_and_counts_each_once():
+  """`--config.seed=5` gives seeds 5, 6, 7 (not 0, 1, 2 again: pooled with a first sweep they
+  would count the same runs twice); the default stays 0 .. num_seeds - 1."""
+  from nin_jax import validation
+  config = ablate_head.get_config("digits")
+  config.ablation.num_seeds = 3
+  assert sorted({run.seed for run in sweep.expand(config)}) == [0, 1, 2]
+  config.seed = 5
+  runs = sweep.expand(config)
+  assert sorted({run.seed for run in runs}) == [5, 6, 7] == sweep.seeds(config)
+  assert all(run.config.seed == run.seed and run.subdir.endswith(f"/seed_{run.seed}")
+             for run in runs)
+  assert len({(run.arm, run.seed) for run in runs}) == len(runs)
+  config.seed = -1  # (a float or a string: ml_collections refuses it for an int field)
+  with pytest.raises(ConfigError, match=r"--config.seed=-1: a sweep's first seed must be an "
+                                        r"integer >= 0"):
+    validation.validate_ablation(config)
