@@ -339,6 +339,11 @@ def _fmt(value, pattern="{:.2f}"):
   return "–" if value is None else pattern.format(value)
 
 
+def _loss(value):
+  """A diverged run's loss: a float, or "nan" / "inf" as diverged.json keeps them."""
+  return f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+
+
 def _settle(count):
   if count is None:
     return "– (no difference seen)"
@@ -398,7 +403,7 @@ def markdown(summary, sweep, warnings_=()):
     lines += ["", f"Diverged: {len(diverged)} run(s), a result of their setting; their arms are "
                   "compared on the seeds that finished."]
     lines += [f"- {arm} seed {seed}: {record['reason']} at step {record['step']} "
-              f"(loss {record['loss']})" for arm, seed, record in diverged]
+              f"(loss {_loss(record['loss'])})" for arm, seed, record in diverged]
   lines += [
       "", "## Differences between arms", "",
       "Difference = error(a) − error(b) in percentage points over the seeds both finished; "

@@ -395,7 +395,7 @@ def train_placed(runs, workdir, devices_per_run, runs_at_once, overwrite=False):
         files.write_json(workdir / run.subdir / DIVERGED_FILE, {
             "step": e.step, "loss": e.loss if math.isfinite(e.loss) else str(e.loss),
             "reason": type(e).__name__, "message": str(e)})
-        logging.warning("Run %s diverged at step %d (loss %s): a result of the sweep, counted "
+        logging.warning("Run %s diverged at step %d (loss %.4g): a result of the sweep, counted "
                         "in its report; the other runs go on", run.subdir, e.step, e.loss)
         continue
       except BaseException as e:  # noqa: BLE001 -- raised in the main thread below
