@@ -488,7 +488,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if is_chief:
     workdir.mkdir(parents=True, exist_ok=True)
     lock = run_workdir.lock(workdir)  # held until this process ends
-    run_workdir.check_or_clear(workdir, config, overwrite)
+    changes = run_workdir.check_or_clear(workdir, config, overwrite)
+    if changes:
+      step = max(checkpointing.steps_on_disk(workdir), default=0)
+      run_workdir.record_changes(workdir, changes, step)
     run_workdir.check_dataset(workdir, identity)
     files.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
 

@@ -9,10 +9,18 @@ from etils import epath
 from nin_jax import checkpointing, files
 from nin_jax.errors import ConfigError
 
-# Fields that do not change what is trained: a run may resume with other values.
+# Fields that change neither what is trained nor the compiled programs (train.program_key).
 BOOKKEEPING = {"data_dir", "download", "log_every_steps", "eval_every_steps",
                "checkpoint_every_steps", "keep_checkpoints"}
-RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "config.json", "dataset.json")
+# Every field that changes how a run is observed or run, not what it trains (the update, the
+# data order, the model): a relaunch may change these, and `changed_settings` says which. The
+# evaluation's batch and crop, the stuck-loss guard, and the micro-batch (the same update to
+# float rounding: tests/train_test.py), the usual fixes after running out of memory.
+RESUMABLE = BOOKKEEPING | {"eval_batch_size", "microbatch_size", "stuck_loss_steps",
+                           "stuck_loss_tolerance", "streaming.eval_crop_fraction"}
+CHANGES_FILE = "config_changes.jsonl"
+RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "config.json", "dataset.json",
+             "config_changes.jsonl")
 # Fields added after runs were saved, with the value that older runs used: a run saved before a
 # field existed resumes when the new config leaves it at that value.
 # Dotted names for nested fields, as differing_fields compares them.
@@ -63,18 +71,45 @@ def flatten(tree, prefix=""):
   return flat
 
 
-def differing_fields(saved: dict, config: dict) -> dict[str, tuple]:
-  """{dotted name: (saved value, new value)} where they differ, bookkeeping fields aside."""
+def _changes(saved: dict, config: dict) -> dict[str, tuple]:
   old = {**ADDED_FIELDS, **flatten(saved)}
   new = flatten(json.loads(json.dumps(config)))  # tuples -> lists
   return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
-          if k not in BOOKKEEPING and old.get(k) != new.get(k)}
+          if old.get(k) != new.get(k)}
 
 
-def check_or_clear(workdir, config, overwrite: bool):
+def differing_fields(saved: dict, config: dict) -> dict[str, tuple]:
+  """{dotted name: (saved value, new value)} where they differ in what is trained (RESUMABLE
+  fields aside)."""
+  return {k: v for k, v in _changes(saved, config).items() if k not in RESUMABLE}
+
+
+def changed_settings(saved: dict, config: dict) -> dict[str, tuple]:
+  """{dotted name: (saved value, new value)} of the RESUMABLE fields that differ."""
+  return {k: v for k, v in _changes(saved, config).items() if k in RESUMABLE}
+
+
+def record_changes(workdir, changes: dict[str, tuple], step: int):
+  """Says in the log, and appends to `<workdir>/config_changes.jsonl` (one JSON object a line:
+  {"time": ISO 8601 UTC, "step": the step resumed from, "changed": {field: [before, after]}}),
+  that a relaunch changed `changes` (RESUMABLE fields) of the run in `workdir`."""
+  import datetime
+  shown = ", ".join(f"{k} ({old!r} there, {new!r} now)" for k, (old, new) in changes.items())
+  logging.warning("Resuming with other settings that do not change what is trained: %s; "
+                  "recorded in %s", shown, epath.Path(workdir) / CHANGES_FILE)
+  line = json.dumps({"time": datetime.datetime.now(datetime.timezone.utc).isoformat(
+      timespec="seconds"), "step": step, "changed": {k: list(v) for k, v in changes.items()}})
+  path = epath.Path(workdir) / CHANGES_FILE
+  before = path.read_text() if path.exists() else ""
+  files.write_text(path, before + line + "\n")  # atomic: a cut write keeps the older lines
+
+
+def check_or_clear(workdir, config, overwrite: bool) -> dict[str, tuple]:
   """Refuses a workdir that holds a run of another config, unless `overwrite` (then clears it).
 
-  Raises ConfigError naming the fields that differ (bookkeeping fields aside).
+  Raises ConfigError naming the fields that differ in what is trained. Returns the RESUMABLE
+  fields that differ from the run's ({} for a new run): the caller records them
+  (`record_changes`) when it resumes.
   """
   path = epath.Path(workdir)
   if overwrite:
@@ -86,19 +121,20 @@ def check_or_clear(workdir, config, overwrite: bool):
         target.unlink()
     for events in path.glob("events.out.tfevents.*"):
       events.unlink()
-    return
+    return {}
   old = _saved_or_recorded(path, "config.json", "run config", "config")
   if old is None:
-    return  # nothing to resume: this launch writes its own config.json
+    return {}  # nothing to resume: this launch writes its own config.json
   fields = differing_fields(old, config.to_dict())
-  if fields and not (checkpointing.steps_on_disk(path) or (path / "summary.json").exists()):
-    return  # a launch that failed before training anything: this one writes its own config.json
+  if not (checkpointing.steps_on_disk(path) or (path / "summary.json").exists()):
+    return {}  # a launch that failed before training anything: this one writes its config.json
   if fields:
     shown = ", ".join(f"{k} ({old!r} there, {new!r} now)"
                       for k, (old, new) in list(fields.items())[:6])
     raise ConfigError(f"workdir {workdir} holds a run with another config: {shown}. Relaunch "
                       "with that config to resume it, pick a new --workdir, or pass --overwrite "
                       "to start over in this one")
+  return changed_settings(old, config.to_dict())
 
 
 def check_dataset(workdir, identity: dict):

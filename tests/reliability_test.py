@@ -1,6 +1,7 @@
 """Reliability: kill -9 and resume bit for bit, damaged checkpoints, NaN guard, bad configs,
 workdir safety."""
 import json
+import logging
 import os
 import random
 import signal
@@ -203,8 +204,10 @@ def test_workdir_with_another_config_is_refused_unless_overwrite(tmp_path):
                                         r"optimizer\.learning_rate"):
     train.train_and_evaluate(other, tmp_path)
   assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 64  # untouched
-  # bookkeeping fields may change on resume
+  # fields that change how the run is observed or run, not what it trains, may change on resume
   train.train_and_evaluate(digits_config(log_every_steps=2), tmp_path, stop_at_step=4)
+  (change,) = [json.loads(line) for line in (tmp_path / "config_changes.jsonl").open()]
+  assert change["step"] == 3 and change["changed"] == {"log_every_steps": [5, 2]}
   summary = train.train_and_evaluate(other, tmp_path, overwrite=True)
   assert summary["finished"] and summary["step"] == round(0.5 * (1438 // 128))  # from step 0
   assert json.loads((tmp_path / "config.json").read_text())["batch_size"] == 128
@@ -217,8 +220,10 @@ def test_run_saved_before_microbatch_size_existed_resumes(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps(saved))
   summary = train.train_and_evaluate(digits_config(), tmp_path, stop_at_step=4)
   assert summary["step"] == 4
-  with pytest.raises(ConfigError, match=r"microbatch_size \(0 there, 16 now\)"):
-    train.train_and_evaluate(digits_config(microbatch_size=16), tmp_path)
+  # the absent field reads as the value those runs used: a change from it is recorded
+  train.train_and_evaluate(digits_config(microbatch_size=16), tmp_path, stop_at_step=5)
+  (change,) = [json.loads(line) for line in (tmp_path / "config_changes.jsonl").open()]
+  assert change["changed"] == {"microbatch_size": [0, 16]}
 
 
 def test_second_concurrent_launch_is_refused(tmp_path):
@@ -276,3 +281,31 @@ def test_each_file_a_resume_reads_removed_or_emptied_in_turn_still_resumes(tmp_p
         assert f"{name} is {'missing' if how == 'removed' else 'unreadable'}: using the copy in " \
                "checkpoint step 8" in caplog.text, (name, how)
         assert json.loads((workdir / name).read_text())  # written again
+
+
+def test_a_relaunch_may_change_how_a_run_is_evaluated_and_the_run_records_it(tmp_path, caplog):
+  """After an evaluation ran out of memory, a smaller eval_batch_size (and another stuck-loss
+  patience) on the relaunch: the run resumes, ends bit-identical to the uninterrupted run, and
+  config_changes.jsonl and the log say what changed, at which step; config.json holds the new
+  values. A field that changes the training is still refused."""
+  import jax
+  from nin_jax.placement import Placement
+  one = Placement.local(jax.devices()[:1])
+  train.train_and_evaluate(digits_config(), tmp_path / "straight", placement=one)
+  train.train_and_evaluate(digits_config(), tmp_path / "run", placement=one, stop_at_step=4)
+  changed = digits_config(eval_batch_size=32, stuck_loss_steps=50)
+  with caplog.at_level(logging.WARNING):
+    summary = train.train_and_evaluate(changed, tmp_path / "run", placement=one)
+  assert summary["finished"]
+  a, b = flatten(final_params(tmp_path / "straight")), flatten(final_params(tmp_path / "run"))
+  assert all(a[k].tobytes() == b[k].tobytes() for k in a)
+  assert ("Resuming with other settings that do not change what is trained: eval_batch_size "
+          "(128 there, 32 now), stuck_loss_steps (200 there, 50 now); recorded in") in caplog.text
+  (change,) = [json.loads(line) for line in (tmp_path / "run" / "config_changes.jsonl").open()]
+  assert change["step"] == 4 and change["changed"] == {
+      "eval_batch_size": [128, 32], "stuck_loss_steps": [200, 50]}
+  assert json.loads((tmp_path / "run" / "config.json").read_text())["eval_batch_size"] == 32
+  with pytest.raises(ConfigError, match=r"another config: optimizer\.momentum \(0\.9 there, "
+                                        r"0\.5 now\)"):
+    train.train_and_evaluate(digits_config(**{"optimizer.momentum": 0.5, "eval_batch_size": 32}),
+                             tmp_path / "run", placement=one)
