@@ -7,6 +7,7 @@ run needs it, is hidden from the accelerators by nin_jax.data.tensorflow()), the
 `nin_jax.train.train_and_evaluate`. Relaunching with the same --workdir resumes from the latest
 checkpoint there.
 """
+import logging
 import os
 import re
 import sys
@@ -66,8 +67,19 @@ def _main():
            f"is process 0 running and is {FLAGS.coordinator_address} reachable from here?")
     sys.exit(f"error: jax.distributed.initialize failed ({_one_line(e)[:300]}); {how}")
 
-  from nin_jax import checkpointing, files, preemption
+  try:  # the devices JAX_PLATFORMS, CUDA_VISIBLE_DEVICES... name must exist: before any write
+    jax.devices()
+  except RuntimeError as e:
+    from nin_jax import provenance
+    settings = ", ".join(f"{k}={v}" for k, v in provenance.environment().items()) or "none"
+    sys.exit(f"error: JAX cannot start its devices ({_one_line(e)[:300]}); the environment "
+             f"settings that choose them here: {settings}")
+  from nin_jax import checkpointing, files, preemption, provenance
   checkpointing.quiet_orbax_logs()
+  settings = provenance.environment()
+  if settings:  # each run's provenance records them too
+    logging.info("Environment settings that can change results or devices: %s",
+                 ", ".join(f"{k}={v}" for k, v in settings.items()))
   from nin_jax.errors import NinError
   config = flags.FLAGS.config
   try:

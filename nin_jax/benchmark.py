@@ -580,23 +580,28 @@ def _main_ended_by_signals(argv):
   # removed at the end whatever the signal interrupted (even a folder half made).
   root = tempfile.mkdtemp(prefix="nin_jax_benchmark_")
   tempfile.tempdir = root
+
+  def stopped():
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"stopped by {preemption.signal_name(ended[0])}: nothing measured is written (--out "
+          "is written once every row is); rerun the command", file=sys.stderr, flush=True)
+
   try:
-    with preemption.end_on_signals() as ended:
+    with preemption.end_on_signals(on_stuck=stopped) as ended:
       try:
         main(argv)
       except BaseException:
         if not ended:
           raise
       else:
-        if ended:  # held by a library until the end: the table was written
+        if ended:  # held by a library until the end, within the grace: the table was written
           logging.warning("%s came as the benchmark ended: its table is complete",
                           preemption.signal_name(ended[0]))
         return
   finally:
     tempfile.tempdir = None
     shutil.rmtree(root, ignore_errors=True)
-  print(f"stopped by {preemption.signal_name(ended[0])}: nothing measured is written (--out is "
-        "written once every row is); rerun the command", file=sys.stderr)
+  stopped()
   sys.exit(128 + ended[0])
 
 

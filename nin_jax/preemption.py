@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from nin_jax.errors import NinError
 
@@ -146,14 +147,17 @@ class Ended(BaseException):
 
 
 @contextlib.contextmanager
-def end_on_signals():
+def end_on_signals(grace_s: float = 5.0, on_stuck=None):
   """For commands with nothing to checkpoint (`python -m nin_jax.benchmark`): SIGTERM and SIGINT,
   inside, raise `Ended` in the main thread, so that what the command was doing unwinds (its
   temporary folders removed, a child process killed, no output file half-written). Yields a list
   that holds the signal once one came: code that catches every exception may turn it into
   another (or, rarely, hold it and go on), so the caller asks the list, not the exception's
-  type, and exits with 128 + the signal. Main thread only, as `stop_on_signals`; the handlers
-  before it are restored on the way out."""
+  type, and exits with 128 + the signal. Where the exception is held (TensorFlow's C++ code
+  calling back into Python swallowed it, seen in this project's benchmark test) and the command
+  has not ended `grace_s` seconds after the signal, a watchdog thread calls `on_stuck()` (the
+  caller's cleanup, which prints its line) and ends the process with 128 + the signal. Main
+  thread only, as `stop_on_signals`; the handlers before it are restored on the way out."""
   ended: list[int] = []
   if threading.current_thread() is not threading.main_thread():
     yield ended
@@ -164,6 +168,14 @@ def end_on_signals():
     for s in SIGNALS:  # a second signal while unwinding lets the cleanup finish
       signal.signal(s, signal.SIG_IGN)
     ended.append(signum)
+
+    def stuck():
+      if on_stuck is not None:
+        on_stuck()
+      os._exit(128 + signum)  # the main thread holds the exception: end here
+
+    threading.Thread(target=lambda: (time.sleep(grace_s), stuck()), daemon=True,
+                     name="end-on-signal-watchdog").start()
     raise Ended(f"stopped by {signal_name(signum)}")
 
   previous = {s: signal.signal(s, end) for s in SIGNALS}

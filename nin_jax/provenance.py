@@ -25,6 +25,23 @@ _GIT_TIMEOUT_S = 5
 _GIT_ENV_OVERRIDES = ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_CEILING_DIRECTORIES")
 
 
+# Environment variables that change results or where they are computed: JAX's and XLA's
+# settings (JAX_ENABLE_X64, JAX_DEFAULT_MATMUL_PRECISION, XLA_FLAGS...), TensorFlow's (the input
+# pipeline), the devices a process sees, NVIDIA's TF32 switch.
+ENVIRONMENT = ("JAX_", "XLA_", "TF_", "CUDA_VISIBLE_DEVICES", "TPU_", "NVIDIA_TF32_OVERRIDE",
+               "LIBTPU_INIT_ARGS")
+
+
+_LOG_LEVELS = {"TF_CPP_MIN_LOG_LEVEL", "TF_CPP_MAX_VLOG_LEVEL"}  # what is printed, not computed
+
+
+def environment() -> dict[str, str]:
+  """{name: value} of the environment variables set in this process whose names start with
+  one of ENVIRONMENT (log levels aside), sorted by name."""
+  return {k: v for k, v in sorted(os.environ.items())
+          if k.startswith(ENVIRONMENT) and k not in _LOG_LEVELS}
+
+
 def record(config, placement=None) -> dict:
   """The provenance of a run about to train with `config`: a JSON-serialisable dict.
 
@@ -39,6 +56,7 @@ def record(config, placement=None) -> dict:
      the convolutions and matmuls compute in here (models.computed_in)},
      "git": {"commit": 40-hex str or None, "dirty": bool or None,
      "changed": the paths with uncommitted changes, up to 20},
+     "environment": `environment()`, the variables that change results or devices,
      "config": the resolved config as nested dicts of JSON values (anything else as str)}.
     "git" is None/None where git is missing or the code is not in a git checkout (installed).
   """
@@ -61,7 +79,7 @@ def record(config, placement=None) -> dict:
                         "computed_in": models.computed_in(precision, model.get("dtype"),
                                                           device.platform)},
           "git": {"commit": commit, "dirty": dirty, "changed": changed_files(code_root())},
-          "config": _json_value(config)}
+          "environment": environment(), "config": _json_value(config)}
 
 
 def mismatches(records: dict) -> list[str]:

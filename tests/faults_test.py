@@ -489,3 +489,43 @@ def test_the_checkpoints_named_as_kept_are_those_on_disk(tmp_path):
                         "free space (or fix the cause) and relaunch the same command to resume "
                         "from step 10")
   manager.close()
+
+
+def test_jax_enable_x64_does_not_change_a_run_and_provenance_records_it(tmp_path, monkeypatch,
+                                                                        caplog):
+  """JAX_ENABLE_X64=1 (set in many scientific Python set-ups): the same run, bit for bit, one
+  warning line, and the setting in the run's provenance."""
+  import jax
+  from conftest import final_params, flatten
+  from nin_jax.placement import Placement
+  one = Placement.local(jax.devices()[:1])
+  config = digits_config(num_epochs=0.25)
+  train.train_and_evaluate(config, tmp_path / "plain", placement=one)
+  monkeypatch.setenv("JAX_ENABLE_X64", "1")
+  jax.config.update("jax_enable_x64", True)  # what the variable does when JAX is imported
+  try:
+    with caplog.at_level(logging.WARNING):
+      train.train_and_evaluate(config, tmp_path / "x64", placement=one)
+  finally:
+    jax.config.update("jax_enable_x64", False)
+  a, b = flatten(final_params(tmp_path / "plain")), flatten(final_params(tmp_path / "x64"))
+  assert all(a[k].dtype == b[k].dtype and a[k].tobytes() == b[k].tobytes() for k in a)
+  assert "JAX_ENABLE_X64 (jax_enable_x64) is on in this process: ignored for training" in \
+      caplog.text
+  summary = json.loads((tmp_path / "x64" / "summary.json").read_text())
+  assert summary["provenance"]["environment"]["JAX_ENABLE_X64"] == "1"
+  assert "JAX_ENABLE_X64" not in json.loads(
+      (tmp_path / "plain" / "summary.json").read_text())["provenance"]["environment"]
+
+
+def test_devices_the_environment_names_but_this_machine_lacks_are_one_line(tmp_path):
+  env = dict(os.environ, JAX_PLATFORMS="tpu")
+  result = subprocess.run([sys.executable, "launch.py", "--config=experiments/default.py:digits",
+                           f"--workdir={tmp_path / 'run'}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert re.fullmatch(r"error: JAX cannot start its devices \(Unable to initialize backend 'tpu'.*"
+                      r"\); the environment settings that choose them here: .*JAX_PLATFORMS=tpu.*",
+                      last), last
+  assert not (tmp_path / "run").exists()
