@@ -67,19 +67,17 @@ def _main():
            f"is process 0 running and is {FLAGS.coordinator_address} reachable from here?")
     sys.exit(f"error: jax.distributed.initialize failed ({_one_line(e)[:300]}); {how}")
 
+  from nin_jax import provenance
+  settings = ", ".join(f"{k}={v}" for k, v in provenance.environment().items())
   try:  # the devices JAX_PLATFORMS, CUDA_VISIBLE_DEVICES... name must exist: before any write
     jax.devices()
   except RuntimeError as e:
-    from nin_jax import provenance
-    settings = ", ".join(f"{k}={v}" for k, v in provenance.environment().items()) or "none"
     sys.exit(f"error: JAX cannot start its devices ({_one_line(e)[:300]}); the environment "
-             f"settings that choose them here: {settings}")
-  from nin_jax import checkpointing, files, preemption, provenance
+             f"settings that choose them here: {settings or 'none'}")
+  from nin_jax import checkpointing, files, preemption
   checkpointing.quiet_orbax_logs()
-  settings = provenance.environment()
   if settings:  # each run's provenance records them too
-    logging.info("Environment settings that can change results or devices: %s",
-                 ", ".join(f"{k}={v}" for k, v in settings.items()))
+    logging.info("Environment settings that can change results or devices: %s", settings)
   from nin_jax.errors import NinError
   config = flags.FLAGS.config
   try:

@@ -59,24 +59,23 @@ def create_manager(workdir, *, every_steps: int, keep: int, placement=None,
   # Every `every_steps` steps exactly (orbax would also save the first step by default), and
   # cleanup_tmp_directories: a write cut short by a kill leaves a tmp folder; drop it at start.
   directory = epath.Path(workdir) / "checkpoints"
-  kwargs = dict(create=True)
+  kwargs, registry = dict(create=True), None
   if placement is not None and placement.is_placed and jax.process_count() > 1:
     directory.mkdir(parents=True, exist_ok=True)  # orbax's create=True needs every process
     me = jax.process_index()
     _signal_keys_of_this_process(me)
-    kwargs = dict(create=False, multiprocessing_options=ocp.options.MultiprocessingOptions(
+    this_process = ocp.options.MultiprocessingOptions(
         primary_host=me, active_processes={me},
-        barrier_sync_key_prefix=f"{epath.Path(workdir).parent.name}_{epath.Path(workdir).name}"))
+        barrier_sync_key_prefix=f"{epath.Path(workdir).parent.name}_{epath.Path(workdir).name}")
+    kwargs = dict(create=False, multiprocessing_options=this_process)
+    handler = _ThisProcessHandler(this_process)
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
+      registry.add("default", args, handler)
   options = ocp.CheckpointManagerOptions(
       save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
       max_to_keep=keep, cleanup_tmp_directories=True, **kwargs)
   is_placed = bool(placement is not None and placement.is_placed)
-  registry = None
-  if "multiprocessing_options" in kwargs:
-    handler = _ThisProcessHandler(kwargs["multiprocessing_options"])
-    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-    for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
-      registry.add("default", args, handler)
   manager = (_PlacedManager if is_placed else ocp.CheckpointManager)(
       directory, options=options, handler_registry=registry)
   manager.is_placed = is_placed

@@ -22,7 +22,6 @@ import os
 import signal
 import sys
 import threading
-import time
 
 from nin_jax.errors import NinError
 
@@ -174,8 +173,9 @@ def end_on_signals(grace_s: float = 5.0, on_stuck=None):
         on_stuck()
       os._exit(128 + signum)  # the main thread holds the exception: end here
 
-    threading.Thread(target=lambda: (time.sleep(grace_s), stuck()), daemon=True,
-                     name="end-on-signal-watchdog").start()
+    watchdog = threading.Timer(grace_s, stuck)
+    watchdog.daemon = True
+    watchdog.start()
     raise Ended(f"stopped by {signal_name(signum)}")
 
   previous = {s: signal.signal(s, end) for s in SIGNALS}

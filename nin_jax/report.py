@@ -221,11 +221,12 @@ def load_sweep(workdir):
     raise ConfigError(f"{sweep_file} is unreadable; relaunch the sweep's command (it rewrites "
                       "that file and skips the finished runs) to rebuild the report")
   sweep.setdefault("paper_test_error", {})
+  sweep.setdefault("seeds", list(range(sweep["num_seeds"])))  # written before "seeds": 0 .. n-1
   sweep["runs"], sweep["diverged"] = {}, {}
   from nin_jax import sweep as sweeps  # imported here: nin_jax.sweep imports this module late
   for arm in sweep["arms"]:
     finished, diverged = {}, {}
-    for seed in sweep.get("seeds", range(sweep["num_seeds"])):  # sweeps before "seeds": 0..
+    for seed in sweep["seeds"]:
       run_dir = workdir / arm / f"seed_{seed}"
       summary = files.read_json(run_dir / "summary.json", "run summary")
       if isinstance(summary, dict) and summary.get("finished"):
@@ -238,7 +239,7 @@ def load_sweep(workdir):
 
 
 def _seed_range(sweep):
-  chosen = sweep.get("seeds", list(range(sweep["num_seeds"])))
+  chosen = sweep["seeds"]
   return f"seed {chosen[0]}" if len(chosen) == 1 else f"seeds {chosen[0]}–{chosen[-1]}"
 
 

@@ -286,17 +286,17 @@ def run_sweep(config, workdir, only_arms=None, overwrite=False):
       if not overwrite:  # a finished run of another config must not pass as this sweep's
         run_workdir.check_or_clear(workdir / run.subdir, run.config, overwrite=False)
     workdir.mkdir(parents=True, exist_ok=True)  # every host: per-host folders each need theirs
-    all_arms = arms(config)
+    all_arms, chosen = arms(config), seeds(config)
     files.write_json(workdir / "sweep.json", {
         "field": ", ".join(swept_fields(all_arms)), "swept": swept_fields(all_arms),
         "arms": list(all_arms), "overrides": all_arms, "num_seeds": config.ablation.num_seeds,
-        "seeds": seeds(config),
+        "seeds": chosen,
         "paper_test_error": dict(config.ablation.get("paper_test_error", {})),
         "dataset": config.dataset})
     if jax.process_index() == 0:  # TensorBoard's HParams dashboard: arms x seeds side by side
       fields = swept_fields(all_arms)
       metrics.write_hparams_config(workdir, {
-          "arm": list(all_arms), "seed": seeds(config),
+          "arm": list(all_arms), "seed": chosen,
           **{field: list(dict.fromkeys(o[field] for o in all_arms.values() if field in o))
              for field in fields}}, [metrics.VALIDATION_ERROR_TAG, metrics.TEST_ERROR_TAG])
     seen = np.array([0 if overwrite else progress(workdir / run.subdir) for run in runs], np.int64)
@@ -311,7 +311,6 @@ def run_sweep(config, workdir, only_arms=None, overwrite=False):
                f", {len(gone)} diverged earlier (not retried: {', '.join(gone)}; delete a run's "
                f"{DIVERGED_FILE} to retry it)" if gone else "", jax.process_index(),
                jax.process_count(), len(mine), min(at_once, len(mine)), per_run)
-  chosen = seeds(config)
   logging.info("Seeds %d..%d of every arm: --config.seed=%d and the %d after it "
                "(--config.ablation.num_seeds=%d)", chosen[0], chosen[-1], config.seed,
                len(chosen) - 1, len(chosen))

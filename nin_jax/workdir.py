@@ -13,14 +13,14 @@ from nin_jax.errors import ConfigError
 BOOKKEEPING = {"data_dir", "download", "log_every_steps", "eval_every_steps",
                "checkpoint_every_steps", "keep_checkpoints"}
 # Every field that changes how a run is observed or run, not what it trains (the update, the
-# data order, the model): a relaunch may change these, and `changed_settings` says which. The
+# data order, the model): a relaunch may change these, and check_or_clear says which. The
 # evaluation's batch and crop, the stuck-loss guard, and the micro-batch (the same update to
 # float rounding: tests/train_test.py), the usual fixes after running out of memory.
 RESUMABLE = BOOKKEEPING | {"eval_batch_size", "microbatch_size", "stuck_loss_steps",
                            "stuck_loss_tolerance", "streaming.eval_crop_fraction"}
 CHANGES_FILE = "config_changes.jsonl"
 RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "config.json", "dataset.json",
-             "config_changes.jsonl")
+             CHANGES_FILE)
 # Fields added after runs were saved, with the value that older runs used: a run saved before a
 # field existed resumes when the new config leaves it at that value.
 # Dotted names for nested fields, as differing_fields compares them.
@@ -71,22 +71,25 @@ def flatten(tree, prefix=""):
   return flat
 
 
-def _changes(saved: dict, config: dict) -> dict[str, tuple]:
+def _compare(saved: dict, config: dict) -> tuple[dict[str, tuple], dict[str, tuple]]:
+  """The fields where `saved` and `config` differ, {dotted name: (saved value, new value)}: those
+  that change what is trained, and the RESUMABLE ones."""
   old = {**ADDED_FIELDS, **flatten(saved)}
   new = flatten(json.loads(json.dumps(config)))  # tuples -> lists
-  return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
-          if old.get(k) != new.get(k)}
+  changes = {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+             if old.get(k) != new.get(k)}
+  return ({k: v for k, v in changes.items() if k not in RESUMABLE},
+          {k: v for k, v in changes.items() if k in RESUMABLE})
 
 
 def differing_fields(saved: dict, config: dict) -> dict[str, tuple]:
   """{dotted name: (saved value, new value)} where they differ in what is trained (RESUMABLE
   fields aside)."""
-  return {k: v for k, v in _changes(saved, config).items() if k not in RESUMABLE}
+  return _compare(saved, config)[0]
 
 
-def changed_settings(saved: dict, config: dict) -> dict[str, tuple]:
-  """{dotted name: (saved value, new value)} of the RESUMABLE fields that differ."""
-  return {k: v for k, v in _changes(saved, config).items() if k in RESUMABLE}
+def _shown(fields: dict[str, tuple]) -> str:
+  return ", ".join(f"{k} ({old!r} there, {new!r} now)" for k, (old, new) in fields.items())
 
 
 def record_changes(workdir, changes: dict[str, tuple], step: int):
@@ -94,9 +97,8 @@ def record_changes(workdir, changes: dict[str, tuple], step: int):
   {"time": ISO 8601 UTC, "step": the step resumed from, "changed": {field: [before, after]}}),
   that a relaunch changed `changes` (RESUMABLE fields) of the run in `workdir`."""
   import datetime
-  shown = ", ".join(f"{k} ({old!r} there, {new!r} now)" for k, (old, new) in changes.items())
   logging.warning("Resuming with other settings that do not change what is trained: %s; "
-                  "recorded in %s", shown, epath.Path(workdir) / CHANGES_FILE)
+                  "recorded in %s", _shown(changes), epath.Path(workdir) / CHANGES_FILE)
   line = json.dumps({"time": datetime.datetime.now(datetime.timezone.utc).isoformat(
       timespec="seconds"), "step": step, "changed": {k: list(v) for k, v in changes.items()}})
   path = epath.Path(workdir) / CHANGES_FILE
@@ -125,16 +127,15 @@ def check_or_clear(workdir, config, overwrite: bool) -> dict[str, tuple]:
   old = _saved_or_recorded(path, "config.json", "run config", "config")
   if old is None:
     return {}  # nothing to resume: this launch writes its own config.json
-  fields = differing_fields(old, config.to_dict())
   if not (checkpointing.steps_on_disk(path) or (path / "summary.json").exists()):
     return {}  # a launch that failed before training anything: this one writes its config.json
+  fields, settings = _compare(old, config.to_dict())
   if fields:
-    shown = ", ".join(f"{k} ({old!r} there, {new!r} now)"
-                      for k, (old, new) in list(fields.items())[:6])
-    raise ConfigError(f"workdir {workdir} holds a run with another config: {shown}. Relaunch "
-                      "with that config to resume it, pick a new --workdir, or pass --overwrite "
-                      "to start over in this one")
-  return changed_settings(old, config.to_dict())
+    raise ConfigError(f"workdir {workdir} holds a run with another config: "
+                      f"{_shown(dict(list(fields.items())[:6]))}. Relaunch with that config to "
+                      "resume it, pick a new --workdir, or pass --overwrite to start over in "
+                      "this one")
+  return settings
 
 
 def check_dataset(workdir, identity: dict):
