@@ -312,7 +312,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
   """Sets each dotted field of `overrides` (from parse_variant) on `config`, its text parsed to
   the field's type (a placeholder's declared type when unset), and returns `config`. A field
   that does not exist, a section, or text that is not of the field's type is a ConfigError."""
-  fields = list(_field_paths(config))
+  fields = list(field_paths(config))
   for key, text in overrides.items():
     if key not in fields:
       close = difflib.get_close_matches(key, fields, n=1)
@@ -337,12 +337,12 @@ def apply_overrides(config: ml_collections.ConfigDict,
   return config
 
 
-def _field_paths(config, prefix=""):
+def field_paths(config, prefix=""):
   """Every dotted field and section name of `config`: 'model', 'model.head', ..."""
   for key, value in config.items():
     yield prefix + key
     if isinstance(value, ml_collections.ConfigDict):
-      yield from _field_paths(value, f"{prefix}{key}.")
+      yield from field_paths(value, f"{prefix}{key}.")
 
 
 def with_overrides(get_config):

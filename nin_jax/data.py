@@ -502,6 +502,8 @@ def _load(config, placement):
     raw = hold_out_validation(whole, num_validation, placement)
   else:
     raw = _load_source(config, placement)
+  from nin_jax import validation  # it imports this module
+  validation.check_data_fits(config, raw.image_shape)  # npz images are only known here
   if config.preprocess not in PREPROCESSORS:
     raise DataError(f"unknown preprocess {config.preprocess!r}; choose one of "
                     f"{sorted(PREPROCESSORS)}")

@@ -481,10 +481,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise ConfigError(f"--config.num_epochs={config.num_epochs} is less than one step of "
                       f"{steps_per_epoch} per epoch; train for at least {1 / steps_per_epoch:.3g} "
                       "epochs")
+  if total_steps > validation.MAX_INT:  # the step counter is int32 on the devices (optax, orbax)
+    raise ConfigError(f"--config.num_epochs={config.num_epochs} is {total_steps:,} steps of "
+                      f"{steps_per_epoch} per epoch, more than the {validation.MAX_INT:,} a run "
+                      f"counts; train for at most {validation.MAX_INT // steps_per_epoch:,} epochs")
   info("Data: %s, %d train, %d validation and %d test examples on this host; %d steps/epoch, "
        "%d steps", config.dataset, *(dataset.num_local(split) for split in
                                      ("train", "validation", "test")),
        steps_per_epoch, total_steps)
+  # A batch beyond the largest evaluated split is that split in one batch (2**31 - 1, taken at its
+  # word, took all host memory padding the 359 test digits: measured)
+  largest = max(dataset.num_test_examples, dataset.num_validation_examples)
+  eval_batch_size = min(config.eval_batch_size, -(-largest // placement.num_devices) *
+                        placement.num_devices)
   model = create_model(config, dataset.num_classes)
   image_shape = tuple(dataset.image_shape)
   if data.image_shape(config) != image_shape:  # validate() could not know them
@@ -595,7 +604,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           checkpointing.save(manager, step + 1, state, force=True)
         if is_eval:
           evaluation = evaluate_splits(p_eval_step, variables(state), device_data, dataset,
-                                       config.eval_batch_size, placement)
+                                       eval_batch_size, placement)
           evaluated_step = step + 1
           record.update({f"{split}_{k}": v for split, result in evaluation.items()
                          for k, v in result.items()})
@@ -621,7 +630,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --- Summary ---------------------------------------------------------------------------------
   if evaluated_step != last_step:
     evaluation = evaluate_splits(p_eval_step, variables(state), device_data, dataset,
-                                 config.eval_batch_size, placement)
+                                 eval_batch_size, placement)
   test, held_out = evaluation["test"], evaluation.get("validation")
   summary = {"dataset": config.dataset, "model": m.preset, "head": m.head,
              "num_params": num_params, "step": int(state.step), "total_steps": total_steps,

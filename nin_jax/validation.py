@@ -1,13 +1,20 @@
 """Checks a config before anything is compiled or written; each problem is one ConfigError line
 that names the field and says how to fix it."""
+import difflib
+import functools
 import logging
 import math
+import numbers
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from ml_collections.config_flags import config_path
 
-from nin_jax import data, models
+from nin_jax import data, models, streaming
+from nin_jax import placement as placement_lib
 from nin_jax.errors import ConfigError
 
 SCHEDULES = ("constant", "step", "cosine")
@@ -16,6 +23,13 @@ SCHEDULES = ("constant", "step", "cosine")
 # about 2.4x that, 64 x 64 x 3 (12,288: a 1.2 GB float64 covariance) about 64x. Beyond this,
 # refuse rather than sit silent for an hour or run out of memory.
 MAX_ZCA_DIMENSIONS = 4096
+# Integer fields count in int32 on the devices and in TensorFlow (steps, seeds, sizes).
+MAX_INT = 2**31 - 1
+# More 1x1 layers per block than any NIN study trains (the paper: 2; NIN_REFERENCE.md); a larger
+# number is a typo, and a huge one took all memory just to describe the model (measured: 10**12).
+MAX_NUM_1X1 = 64
+# Sections whose fields are not training fields: checked by validate_ablation.
+NOT_TRAINING = ("ablation",)
 
 
 def _require(condition, message):
@@ -42,9 +56,70 @@ def _positive(config, *keys, allow_zero=False):
     _require(ok, f"--config.{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
 
 
+def _describe(kind):
+  return {bool: "true or false", int: "an integer", float: "a number", str: "text",
+          tuple: "a tuple such as (100, 150)"}.get(kind, kind.__name__)
+
+
+def _of_type(value, kind) -> bool:
+  if kind is bool:
+    return isinstance(value, (bool, np.bool_))
+  if isinstance(value, (bool, np.bool_)):
+    return False  # True is an int to Python, never a size, a step or a rate here
+  if kind is int:
+    return isinstance(value, numbers.Integral)
+  if kind is float:
+    return isinstance(value, numbers.Real) and math.isfinite(value)
+  if kind is tuple:
+    return isinstance(value, (tuple, list))
+  return isinstance(value, kind)
+
+
+def check_fields(config):
+  """Raises ConfigError unless every field of `config` is a field of experiments/default.py's
+  config, of the type its default has there (a placeholder's declared type; None only where the
+  default is None, "unset"), and every number is finite, >= 0 (no nin-jax field is negative) and,
+  for an integer, at most MAX_INT. Sections named in NOT_TRAINING are skipped. Narrower ranges
+  are validate()'s; this comes first, so that they compare numbers with numbers."""
+  from experiments import default  # the config every config file builds on: the fields' types
+  defaults = default.get_config()
+  known = list(default.field_paths(defaults))
+  for key in default.field_paths(config):
+    if key.split(".")[0] in NOT_TRAINING:
+      continue
+    value = config_path.get_value(key, config)
+    if key not in known:
+      close = difflib.get_close_matches(key, known, n=1)
+      raise ConfigError(f"--config.{key} is not a nin-jax config field" +
+                        (f"; did you mean {close[0]}?" if close else
+                         " (experiments/default.py lists them all); remove it"))
+    kind = config_path.get_type(key, defaults)
+    if issubclass(kind, ml_collections.ConfigDict):
+      _require(isinstance(value, ml_collections.ConfigDict),
+               f"--config.{key}={value!r} replaces a section of the config; set its fields, "
+               f"such as --config.{next(k for k in known if k.startswith(key + '.'))}")
+      continue
+    if value is None and config_path.get_value(key, defaults) is None:
+      continue  # unset: the preset's or the default's choice
+    unset = " (or None: unset)" if config_path.get_value(key, defaults) is None else ""
+    _require(_of_type(value, kind),
+             f"--config.{key}={value!r} must be {_describe(kind)}" +
+             (" and finite" if kind is float else "") + unset)
+    for number in (value if kind is tuple else [value]):
+      if isinstance(number, numbers.Real) and not isinstance(number, (bool, np.bool_)):
+        _require(math.isfinite(number), f"--config.{key}={value!r} must be finite")
+        _require(number >= 0, f"--config.{key}={value!r} must be >= 0")
+        _require(kind is float or number <= MAX_INT,
+                 f"--config.{key}={value!r} is beyond {MAX_INT:,}, the largest integer nin-jax "
+                 "counts in (int32 on the devices)")
+
+
 def validate(config, num_devices: int | None = None):
   """Raises ConfigError for the first problem found in `config` (a run's config), trained on
-  `num_devices` devices (default: every device of every host)."""
+  `num_devices` devices (default: every device of every host): a field of the wrong type or out of
+  its range (check_fields, then each field's own range), a combination that cannot work, data or
+  a model that cannot fit."""
+  check_fields(config)
   _require(config.dataset in data.SOURCES or data.is_streamed(config.dataset),
            f"--config.dataset={config.dataset!r} is not one of {list(data.SOURCES)} (or a TFDS "
            "config of a streamed one, such as imagenette/320px-v2)")
@@ -64,15 +139,19 @@ def validate(config, num_devices: int | None = None):
             "augment.crop_padding", "microbatch_size", "data_shards", allow_zero=True)
   if "validation_examples" in config:  # the split itself is checked against the data's size
     _positive(config, "validation_examples", allow_zero=True)
+  # |loss - ln(classes)| below it counts as stuck: a band as wide as ln(classes) (2.3 for 10) would
+  # stop runs that learn
+  _require(config.stuck_loss_tolerance < 1,
+           f"--config.stuck_loss_tolerance={config.stuck_loss_tolerance} must be below 1 (a loss "
+           "within it of ln(classes) counts as stuck; the default is 1e-3)")
   _require(0 <= config.optimizer.momentum < 1,
            f"--config.optimizer.momentum={config.optimizer.momentum} must be in [0, 1)")
-  if config.model.num_1x1 is not None:
-    _positive(config, "model.num_1x1", allow_zero=True)
+  _require(config.model.num_1x1 is None or config.model.num_1x1 <= MAX_NUM_1X1,
+           f"--config.model.num_1x1={config.model.num_1x1}: at most {MAX_NUM_1X1} 1x1 layers per "
+           "block (the paper uses 2)")
   if config.model.dropout is not None:
     _require(0 <= config.model.dropout < 1,
              f"--config.model.dropout={config.model.dropout} must be in [0, 1)")
-  _require(math.isfinite(config.num_epochs),
-           f"--config.num_epochs={config.num_epochs} must be a finite number of epochs")
   _require(config.optimizer.decay_factor <= 1,
            f"--config.optimizer.decay_factor={config.optimizer.decay_factor} multiplies the rate "
            "at each decay epoch: use a factor in (0, 1], such as 0.1")
@@ -101,11 +180,14 @@ def validate(config, num_devices: int | None = None):
                       "epochs: those decays never happen", tuple(late), epochs)
   if config.dataset == "npz":
     _require(config.npz_path, "dataset 'npz' needs a file: --config.npz_path=/path/to/data.npz")
-  if config.dataset == "synthetic":
-    _positive(config, "synthetic.num_classes", "synthetic.num_train", "synthetic.num_test")
-    shape = tuple(config.synthetic.image_shape)
-    _require(len(shape) == 3 and min(shape) > 0,
-             f"--config.synthetic.image_shape={shape} must be (height, width, channels) > 0")
+  _positive(config, "synthetic.num_classes", "synthetic.num_train", "synthetic.num_test")
+  shape = tuple(config.synthetic.image_shape)
+  _require(len(shape) == 3 and all(isinstance(n, int) for n in shape) and min(shape) > 0,
+           f"--config.synthetic.image_shape={shape} must be (height, width, channels) > 0")
+  _choice(config, "streaming.crop", streaming.CROPS)
+  _positive(config, "streaming.image_size", "streaming.shuffle_buffer")
+  for key in ("streaming.min_area", "streaming.eval_crop_fraction"):
+    _require(0 < _get(config, key) <= 1, f"--config.{key}={_get(config, key)} must be in (0, 1]")
   if data.is_streamed(config.dataset):
     _streaming(config)
   devices = num_devices or jax.device_count()
@@ -115,7 +197,7 @@ def validate(config, num_devices: int | None = None):
              f"use a multiple of {devices}")
   image_shape = data.image_shape(config)
   if image_shape:  # npz files are checked once loaded
-    check_preprocessing_fits(config, image_shape)
+    check_data_fits(config, image_shape)
     check_model_fits(_model(config), image_shape, config)
   per_device = config.batch_size // devices
   _require(not config.microbatch_size or per_device % config.microbatch_size == 0,
@@ -126,11 +208,6 @@ def validate(config, num_devices: int | None = None):
 
 def _streaming(config):
   """What a streamed dataset (nin_jax/streaming.py) can and cannot do."""
-  from nin_jax import streaming
-  _choice(config, "streaming.crop", streaming.CROPS)
-  _positive(config, "streaming.image_size", "streaming.shuffle_buffer")
-  for key in ("streaming.min_area", "streaming.eval_crop_fraction"):
-    _require(0 < _get(config, key) <= 1, f"--config.{key}={_get(config, key)} must be in (0, 1]")
   _require(config.preprocess == "mean_std",
            f"--config.preprocess={config.preprocess} needs the whole training split in memory; "
            f"{config.dataset} is streamed and normalised with ImageNet's per-channel mean and "
@@ -153,8 +230,14 @@ def _model(config):
   return train.create_model(config, num_classes=10)  # spatial sizes do not depend on classes
 
 
-def check_preprocessing_fits(config, image_shape):
-  """Refuses GCN + ZCA on images of more than MAX_ZCA_DIMENSIONS values (see there why)."""
+def check_data_fits(config, image_shape):
+  """Refuses GCN + ZCA on images of more than MAX_ZCA_DIMENSIONS values (see there why), and a
+  crop padding of the image's side or more (a crop could miss the image entirely; a huge one
+  took all memory padding each batch). `image_shape`: (height, width, channels)."""
+  side = min(image_shape[:2])
+  _require(config.augment.crop_padding < side,
+           f"--config.augment.crop_padding={config.augment.crop_padding} must be smaller than "
+           f"the images' side of {side} pixels (the paper's shifts: 4 of CIFAR's 32)")
   dimensions = math.prod(image_shape)
   _require(config.preprocess != "gcn_zca" or dimensions <= MAX_ZCA_DIMENSIONS,
            f"--config.preprocess=gcn_zca on {'x'.join(map(str, image_shape))} images needs a "
@@ -190,10 +273,32 @@ def _fits(model, image_shape):
   return all(min(shape[1:3]) >= 1 for pair in shapes for shape in pair)
 
 
+def _memory_bytes():
+  """The first local device's memory (its `bytes_limit`), or the host's available memory where
+  the device does not say (CPU)."""
+  try:
+    limit = (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+  except Exception:  # noqa: BLE001 -- backends without memory statistics raise or return None
+    limit = None
+  return limit or placement_lib.host_available_bytes()
+
+
 def check_model_fits(model, image_shape, config):
   """Raises ConfigError when some block of `model` would get or give an empty feature map for
-  `image_shape` images, naming the preset's smallest usable (square) input size."""
+  `image_shape` images, naming the preset's smallest usable (square) input size; or when its
+  float32 parameters, momentum and gradients would not fit in a device's memory (a huge
+  fc_hidden width, or the labels of an npz file that make a huge number of classes)."""
   if _fits(model, image_shape):
+    shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
+                            jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))["params"]
+    count = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+    needed, limit = 3 * 4 * count, _memory_bytes()
+    _require(limit is None or needed <= limit,
+             f"the model ({config.model.preset}, head {config.model.head}, fc_hidden "
+             f"{tuple(config.model.fc_hidden)}, {model.num_classes:,} classes) has {count:,} "
+             f"parameters: {needed / 1e9:.1f} GB as float32 weights, momentum and gradients, "
+             f"more than the {limit / 1e9:.1f} GB of memory a device has here; narrow "
+             "--config.model.fc_hidden, or check the labels (num_classes is the largest + 1)")
     return
   channels = image_shape[-1]
   low, high = 1, 1024  # smallest fitting size, by bisection: fitting is monotone in the size
@@ -218,6 +323,9 @@ def validate_ablation(config):
   with ablation.unlocked():  # ablation sections written before these fields existed
     ablation.devices_per_run = ablation.get("devices_per_run", 0)
     ablation.runs_at_once = ablation.get("runs_at_once", 0)
+  for key in ("num_seeds", "devices_per_run", "runs_at_once"):
+    _require(_of_type(ablation[key], int) and 0 <= ablation[key] <= MAX_INT,
+             f"--config.ablation.{key}={ablation[key]!r} must be an integer >= 0")
   per_run = ablation.devices_per_run
   _require(per_run >= 0 and (not per_run or local % per_run == 0),
            f"--config.ablation.devices_per_run={per_run} must divide this host's {local} devices "

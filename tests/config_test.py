@@ -1,11 +1,14 @@
 """The config string of experiments/default.py: variants that compose and key=value fields."""
 import ml_collections
+import numpy as np
 import pytest
 from absl import flags
 from ml_collections import config_flags
+from ml_collections.config_flags import config_path
 
 from conftest import REPO, run_launch
 from experiments import default
+from nin_jax import validation
 from nin_jax.errors import ConfigError
 
 
@@ -109,3 +112,88 @@ def test_a_dataset_given_as_a_field_is_set_before_the_variants_that_depend_on_it
   # an ablation file sees the dataset too: CIFAR-10's paper numbers only for CIFAR-10
   assert dict(ablate_head.get_config("dataset=cifar100").ablation.paper_test_error) == {}
   assert ablate_head.get_config("dataset=cifar100").dataset == "cifar100"
+
+
+# Every field against the values people type ----------------------------------------------------
+
+# Negative, zero, huge (past int32, then far past), the wrong type, unset, not finite, a bool for
+# a number, a fraction for a count; and tuples of them for the tuple fields.
+TYPED_VALUES = (-1, 0, 2**31, 10**12, "x", None, float("nan"), float("inf"), True, 0.5)
+TYPED_TUPLES = ((), (-1,), ("x",), (10**12,), None)
+# What validate() takes of them, field by field (of the digits config); every other value is one
+# ConfigError line naming the field. Each of these was trained for one epoch of the digits by
+# hand (the closing note of issue 22): it trains, or stops with its own one line (a learning rate
+# of 10**12 diverges: a result; 2**31 epochs are more steps than a run counts).
+ACCEPTED = {
+    "augment.crop_padding": (0,), "augment.flip": (True,), "data_dir": ("x", None),
+    "data_shards": (0,), "download": (True,), "eval_every_steps": (0,), "microbatch_size": (0,),
+    "model.dropout": (0, None, 0.5), "model.fc_hidden": ((),),
+    "model.init_stddev": (2**31, 10**12, 0.5), "model.num_1x1": (0, None),
+    "model.relu_on_class_maps": (True,), "npz_path": ("x",), "num_epochs": (2**31, 10**12, 0.5),
+    "optimizer.bias_lr_multiplier": (0, 2**31, 10**12, 0.5),
+    "optimizer.classifier_lr_multiplier": (0, 2**31, 10**12, 0.5),
+    "optimizer.decay_epochs": ((),), "optimizer.decay_factor": (0.5,),
+    "optimizer.grad_clip_norm": (0, 2**31, 10**12, 0.5),
+    "optimizer.learning_rate": (2**31, 10**12, 0.5), "optimizer.momentum": (0, 0.5),
+    "optimizer.nesterov": (True,), "optimizer.warmup_epochs": (0, 0.5),
+    "optimizer.weight_decay": (0, 2**31, 10**12, 0.5), "seed": (0,),
+    "streaming.eval_crop_fraction": (0.5,), "streaming.min_area": (0.5,),
+    "stuck_loss_steps": (0,), "stuck_loss_tolerance": (0, 0.5), "validation_examples": (0,),
+}
+
+
+def _with_field(field, value, **more):
+  """The digits config with `field` set to `value` (and each of `more`, its dots written __), as a
+  config file may write them: a ConfigDict built from a dict checks no types."""
+  values = default.get_config("digits").to_dict()
+  for key, new in {field: value, **{k.replace("__", "."): v for k, v in more.items()}}.items():
+    *sections, name = key.split(".")
+    node = values
+    for section in sections:
+      node = node[section]
+    node[name] = new
+  return ml_collections.ConfigDict(values)
+
+
+def test_every_field_takes_what_it_can_and_refuses_the_rest_in_one_line():
+  # Before (measured): a string or None reached a comparison (TypeError), --config.seed=-1 reached
+  # numpy and the catch-all "a bug in nin-jax" line, model.num_1x1=10**6 sat in building the model
+  # for over 10 minutes, crop_padding=10**6 trained on blank crops, a typo went unnoticed.
+  digits = default.get_config("digits")
+  accepted = {}
+  for field in default.field_paths(digits):
+    current = config_path.get_value(field, digits)
+    if isinstance(current, ml_collections.ConfigDict):
+      continue
+    for value in TYPED_TUPLES if isinstance(current, tuple) else TYPED_VALUES:
+      try:  # any other exception fails the test, with its traceback
+        validation.validate(_with_field(field, value), 1)
+      except ConfigError as e:
+        assert f"config.{field}" in str(e) and "\n" not in str(e), (field, value, str(e))
+      else:
+        accepted.setdefault(field, []).append(value)
+  assert {field: tuple(values) for field, values in accepted.items()} == ACCEPTED
+
+
+def test_a_field_nin_jax_does_not_have_or_a_replaced_section_is_one_line():
+  typo = _with_field("optimizer.learning_rte", 0.1)  # would train at the default rate, silently
+  with pytest.raises(ConfigError, match=r"optimizer.learning_rte is not a nin-jax config field; "
+                                        r"did you mean optimizer.learning_rate\?"):
+    validation.validate(typo, 1)
+  with pytest.raises(ConfigError, match=r"--config.model='nin' replaces a section"):
+    validation.validate(_with_field("model", "nin"), 1)
+  # before: RESOURCE_EXHAUSTED allocating 614 GB, as "a bug in nin-jax", after compiling
+  with pytest.raises(ConfigError, match=r"has 154,700,111,946 parameters: 1856.4 GB as float32 "
+                                        r"weights, momentum and gradients, more than the"):
+    validation.validate(_with_field("model.head", "fc", model__fc_hidden=(10**8,)), 1)
+  from experiments import ablate_head
+  for key in ("num_seeds", "devices_per_run", "runs_at_once"):
+    for value in (-1, "x", None, 0.5, True, 2**31):
+      config = ablate_head.get_config("digits")
+      with config.ablation.ignore_type():
+        config.ablation[key] = value
+      with pytest.raises(ConfigError, match=rf"--config.ablation.{key}="):
+        validation.validate_ablation(config)
+  # numpy scalars are numbers too
+  validation.validate(_with_field("batch_size", np.int64(64),
+                                  optimizer__learning_rate=np.float32(0.05)), 1)

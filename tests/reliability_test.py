@@ -287,16 +287,20 @@ def test_a_relaunch_may_change_how_a_run_is_evaluated_and_the_run_records_it(tmp
   """After an evaluation ran out of memory, a smaller eval_batch_size (and another stuck-loss
   patience) on the relaunch: the run resumes, ends bit-identical to the uninterrupted run, and
   config_changes.jsonl and the log say what changed, at which step; config.json holds the new
-  values. A field that changes the training is still refused."""
+  values. A field that changes the training is still refused. The uninterrupted run's evaluation
+  batch is the largest a config takes: a batch beyond a split is the split in one batch (taken at
+  its word, 2**31 - 1 took all host memory)."""
   import jax
+  from nin_jax import validation
   from nin_jax.placement import Placement
   one = Placement.local(jax.devices()[:1])
-  train.train_and_evaluate(digits_config(), tmp_path / "straight", placement=one)
+  straight = train.train_and_evaluate(digits_config(eval_batch_size=validation.MAX_INT),
+                                      tmp_path / "straight", placement=one)
   train.train_and_evaluate(digits_config(), tmp_path / "run", placement=one, stop_at_step=4)
   changed = digits_config(eval_batch_size=32, stuck_loss_steps=50)
   with caplog.at_level(logging.WARNING):
     summary = train.train_and_evaluate(changed, tmp_path / "run", placement=one)
-  assert summary["finished"]
+  assert summary["finished"] and summary["test_accuracy"] == straight["test_accuracy"]
   a, b = flatten(final_params(tmp_path / "straight")), flatten(final_params(tmp_path / "run"))
   assert all(a[k].tobytes() == b[k].tobytes() for k in a)
   assert ("Resuming with other settings that do not change what is trained: eval_batch_size "
