@@ -286,6 +286,9 @@ def load_npz(path, placement=None):
   if not path:
     raise DataError("dataset 'npz' needs a file: --config.npz_path=/path/to/data.npz")
   if not epath.Path(path).exists():
+    if not str(path).endswith(".npz") and epath.Path(f"{path}.npz").exists():
+      raise DataError(f"npz file {path!r} does not exist, but {path}.npz does (numpy.savez adds "
+                      f"'.npz' to a name without it): --config.npz_path={path}.npz")
     raise DataError(f"npz file {path!r} does not exist; fix --config.npz_path")
   try:
     with epath.Path(path).open("rb") as handle:
@@ -301,6 +304,10 @@ def load_npz(path, placement=None):
   except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
     if isinstance(e, DataError):
       raise
+    if "Object arrays cannot be loaded" in str(e):  # strings from a list or a pandas column
+      raise DataError(f"npz file {path!r} holds an array of Python objects (class names from a "
+                      "list or pandas?), which nin-jax does not unpickle; save integer labels: "
+                      f"{_REMAP}") from None
     raise DataError(f"npz file {path!r} cannot be read ({e}); write it with numpy.savez") from None
   _check_npz_arrays(arrays)
   unseen = sorted(set(arrays["y_test"].tolist()) - set(arrays["y_train"].tolist()))
@@ -310,6 +317,11 @@ def load_npz(path, placement=None):
                     "label mapping of the two splits")
   num_classes = int(max(arrays["y_train"].max(), arrays["y_test"].max())) + 1
   return _sharded(*(arrays[k] for k in NPZ_KEYS), num_classes, placement)
+
+
+# The fix for labels that are not 0..num_classes-1 without gaps: one mapping for both splits.
+_REMAP = ("classes = np.unique(np.concatenate([y_train, y_test])); y_train = "
+          "np.searchsorted(classes, y_train); y_test = np.searchsorted(classes, y_test)")
 
 
 def _check_npz_arrays(arrays):
@@ -345,29 +357,60 @@ def _check_npz_arrays(arrays):
       raise DataError(f"{found}, outside 0..255; scale them to 0..255 and save as uint8")
     # Labels: 1-D integers, one per image, 0..num_classes-1.
     labels = f"npz {yk} must be a 1-D integer array, got {y.dtype} {y.shape}"
-    if y.ndim == 2:
-      fix = f"{yk}[:, 0]" if y.shape[1] == 1 else f"{yk}.argmax(1)"
-      found = "a column of labels" if y.shape[1] == 1 else "one-hot labels"
-      raise DataError(f"{labels}: {found}; fix: {yk} = {fix}")
-    if y.ndim == 1 and y.dtype.kind == "f" and np.all(np.isfinite(y) & (y == np.round(y))):
-      raise DataError(f"{labels}: float labels that are whole numbers; fix: "
-                      f"{yk} = {yk}.astype(np.int64)")
+    if y.dtype.kind in "US":
+      raise DataError(f"{labels}: class names such as {str(y.ravel()[0])!r}; fix: {_REMAP}")
+    if y.ndim == 2 and y.shape[0] == 1 and y.shape[1] == len(x) != 1:
+      raise DataError(f"{labels}: a row of labels (MATLAB's layout); fix: {yk} = {yk}[0]")
+    if y.ndim == 2 and y.shape[1] == 1:
+      raise DataError(f"{labels}: a column of labels; fix: {yk} = {yk}[:, 0]")
+    if y.ndim == 2 and y.dtype.kind in "fiub":
+      binary = np.isin(y, (0, 1)).all()
+      several = int((y.sum(axis=1) != 1).sum())
+      if binary and several:
+        raise DataError(f"{labels}: {several} rows hold several labels or none (multi-label); "
+                        "nin-jax trains single-label classification: one class per image")
+      found = "one-hot labels" if binary else "scores or probabilities per class"
+      raise DataError(f"{labels}: {found}; fix: {yk} = {yk}.argmax(1)")
+    if y.ndim == 1 and y.dtype.kind == "f":
+      missing = int(np.isnan(y).sum())
+      if missing:
+        raise DataError(f"{labels}: {missing} NaN labels (unlabelled examples?); drop those "
+                        f"examples from {xk} and {yk}")
+      if np.all(np.isfinite(y) & (y == np.round(y))):
+        raise DataError(f"{labels}: float labels that are whole numbers; fix: "
+                        f"{yk} = {yk}.astype(np.int64)")
     if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
       raise DataError(labels)
     if len(x) != len(y):
       raise DataError(f"npz {xk} has {len(x)} images but {yk} {len(y)} labels")
     if y.min() < 0:
-      raise DataError(f"npz {yk} holds negative labels (min {y.min()}); labels must be "
-                      f"0..num_classes-1")
+      unlabelled = " (-1 often marks unlabelled examples: drop them)" if y.min() == -1 else ""
+      raise DataError(f"npz {yk} holds negative labels (min {y.min()}){unlabelled}; labels must "
+                      f"be 0..num_classes-1: {_REMAP}")
   x_train, x_test = arrays["x_train"], arrays["x_test"]
   if x_train.shape[1:] != x_test.shape[1:]:
     raise DataError(f"npz x_train has shape {x_train.shape} but x_test {x_test.shape}: train and "
                     f"test images need the same height, width and channels (NHWC)")
-  low = min(arrays["y_train"].min(), arrays["y_test"].min())
+  every = np.unique(np.concatenate([arrays["y_train"], arrays["y_test"]]))
+  low, high = int(every[0]), int(every[-1])
   if low >= 1:
+    svhn = (" (or SVHN's .mat labels, 10 for the digit 0: y_train[y_train == 10] = 0; "
+            "y_test[y_test == 10] = 0)" if (low, high) == (1, 10) else "")
     raise DataError(f"npz labels start at {low}, no label 0 in y_train or y_test (1-based, as in "
                     f"MATLAB/SVHN); nin-jax needs 0..num_classes-1: y_train = y_train - {low}; "
-                    f"y_test = y_test - {low}")
+                    f"y_test = y_test - {low}{svhn}")
+  trained = np.unique(arrays["y_train"])  # test labels outside them: load_npz says so
+  high = int(trained[-1])
+  if len(trained) == 1:
+    raise DataError(f"npz y_train labels are all {high}: one class, nothing to classify; a "
+                    "classifier needs at least 2 classes")
+  if len(trained) < high + 1:  # each missing label would be a class map that no example teaches
+    missing = sorted(set(range(high + 1)) - set(trained.tolist()))
+    ignore = " (255 or 65535 often marks 'ignore')" if high in (255, 65535) else ""
+    raise DataError(f"npz y_train uses {len(trained)} of labels 0..{high}{ignore}: "
+                    f"{len(missing):,} classes "
+                    f"({', '.join(map(str, missing[:5]))}{'...' if len(missing) > 5 else ''}) have "
+                    f"no example; number the classes without gaps: {_REMAP}")
 
 
 def load_synthetic(image_shape, num_classes, num_train, num_test, placement=None, seed=0):

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import urllib.parse
 import uuid
 
 from etils import epath
@@ -38,14 +39,28 @@ def resolve(path):
   """`path` as an absolute local path (str) with `~` expanded, or unchanged if it is a URL
   (gs://...) or empty (None, ""): the form every later call can rely on.
 
-  Raises ConfigError for a path with glob characters (measured: a workdir named 'a[lr=0.1]'
-  hides every process folder from Orbax's checkpoint merge), and for a URL with one slash
-  (`gs:/bucket`, what pathlib makes of `gs://`), which would otherwise become a local folder
+  `file:///data/runs` is the local /data/runs. Raises ConfigError for a path that begins or ends
+  with whitespace or holds a control character, an unexpanded shell variable ($HOME, ${DATA}), a
+  Windows path (C:\\..., backslashes), a path with glob characters (measured: a workdir named
+  'a[lr=0.1]' hides every process folder from Orbax's checkpoint merge), and for a URL with one
+  slash (`gs:/bucket`, what pathlib makes of `gs://`), which would otherwise become a local folder
   named `gs:` and train to the local disk unnoticed.
   """
   if not path:
     return path
   path = os.fspath(path)
+  if path != path.strip() or any(ord(c) < 32 for c in path):
+    raise ConfigError(f"{path!r} begins or ends with a space, or holds a line end or a tab (a "
+                      "copied line, a script with Windows line ends); remove it")
+  variable = re.search(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?", path)
+  if variable:
+    raise ConfigError(f"{path!r} holds {variable.group()}, a shell variable left unexpanded "
+                      "(single quotes, or a config file); write the path out, or use double quotes")
+  if re.match(r"^[A-Za-z]:[\\/]", path) or "\\" in path:
+    raise ConfigError(f"{path!r} looks like a Windows path; here paths are written with '/' (on "
+                      "WSL, C:\\Users is /mnt/c/Users)")
+  if path.startswith("file://"):  # a local path as a URL: what follows is the path
+    path = urllib.parse.unquote(path[len("file://"):]) or "/"
   if any(c in path for c in "[]*?"):
     raise ConfigError(f"{path!r} holds a glob character ([, ], * or ?): Orbax and TFDS find their "
                       "files by glob patterns that include the folder, so a run there could not "

@@ -79,7 +79,7 @@ def arm_name(field: str, value) -> str:
 
 
 # Characters an arm's name (a folder of the sweep, an item of --arm=a,b) cannot hold.
-_NOT_IN_NAMES = set("/\\*?[]{},:;'\"") | set(" \t\n")
+_NOT_IN_NAMES = set("/\\*?[]{},:;'\"$") | set(" \t\n")  # files.resolve refuses $ in paths
 
 
 def arm_set(field: str, values) -> dict[str, dict]:

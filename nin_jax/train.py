@@ -454,7 +454,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   name = f"{workdir.parent.name}/{workdir.name}: " if placement.is_placed else ""
 
   def info(message, *args):
-    logging.info(name + message, *args)
+    logging.info("%s" + message, name, *args)  # a name is not a format: a % in an arm name
 
   # --- Setup: devices and batch shapes ---------------------------------------------------------
   num_local_devices = len(placement.local_devices)

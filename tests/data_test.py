@@ -146,6 +146,28 @@ _PIXELS = np.linspace(0, 1, 20 * 6 * 6 * 3).reshape(20, 6, 6, 3)  # floats 0..1
     ({"y_test": np.arange(7) % 4 - 1}, "y_test holds negative labels (min -1)", "0..num_classes-1"),
     ({"x_test": np.zeros((7, 8, 8, 3), np.uint8)},
      "x_train has shape (20, 6, 6, 3) but x_test (7, 8, 8, 3)", "same height, width and channels"),
+    # label conventions of other tools (issue 22, item 6): each went through or got wrong advice
+    ({"y_train": (np.arange(20) % 4)[None, :]}, "(1, 20): a row of labels", "y_train = y_train[0]"),
+    ({"y_train": np.eye(4)[np.arange(20) % 4] + np.eye(4)[(np.arange(20) + 1) % 4]},
+     "20 rows hold several labels or none (multi-label)", "single-label classification"),
+    ({"y_train": np.full((20, 4), 0.25)}, "scores or probabilities per class",
+     "y_train = y_train.argmax(1)"),
+    ({"y_test": np.array(["cat", "dog"] * 3 + ["cat"])}, "class names such as 'cat'",
+     "np.searchsorted(classes, y_train)"),
+    ({"y_train": np.where(np.arange(20) == 3, np.nan, np.arange(20) % 4)},
+     "got float64 (20,): 1 NaN labels", "drop those examples"),
+    ({"y_train": np.arange(20) % 2 * 9, "y_test": np.arange(7) % 2 * 9},
+     "y_train uses 2 of labels 0..9: 8 classes (1, 2, 3, 4, 5...) have no example",
+     "np.searchsorted(classes, y_test)"),
+    ({"y_train": np.where(np.arange(20) == 0, 255, np.arange(20) % 4)},
+     "uses 5 of labels 0..255 (255 or 65535 often marks 'ignore'): 251 classes", "np.unique"),
+    ({"y_train": np.zeros(20, np.int64), "y_test": np.zeros(7, np.int64)},
+     "y_train labels are all 0",
+     "at least 2 classes"),
+    ({"y_train": np.arange(20) % 10 + 1, "y_test": np.arange(7) % 10 + 1}, "labels start at 1",
+     "10 for the digit 0: y_train[y_train == 10] = 0"),
+    ({"y_train": np.arange(20) % 4 - 1}, "(min -1) (-1 often marks unlabelled examples",
+     "np.searchsorted"),
     ({"x_test": np.zeros((0, 6, 6, 3), np.uint8), "y_test": np.zeros(0, np.int64)},
      "test split is empty (x_test (0, 6, 6, 3), y_test (0,))", "at least one example"),
 ])
@@ -164,6 +186,18 @@ def test_npz_edge_cases_that_are_fine_are_accepted(tmp_path):
                    y_test=np.arange(7) % 4 + 1)
   dataset = data.load_npz(path)
   assert dataset.x_train.shape == (20, 4, 6, 3) and dataset.num_classes == 5
+
+
+def test_an_npz_path_typed_without_the_extension_numpy_added_is_one_line(tmp_path):
+  np.savez(tmp_path / "mydata", x=np.zeros(1))  # numpy writes mydata.npz
+  with pytest.raises(DataError, match=r"does not exist, but .*mydata.npz does \(numpy.savez adds "
+                                      r"'.npz'.*--config.npz_path=.*mydata.npz$"):
+    data.load_npz(str(tmp_path / "mydata"))
+  labels = np.array(["cat", "dog"], dtype=object)  # a list or a pandas column: pickled objects
+  np.savez(tmp_path / "objects.npz", x_train=np.zeros((2, 6, 6, 3), np.uint8), y_train=labels,
+           x_test=np.zeros((2, 6, 6, 3), np.uint8), y_test=labels)
+  with pytest.raises(DataError, match=r"holds an array of Python objects \(class names"):
+    data.load_npz(str(tmp_path / "objects.npz"))
 
 
 def test_npy_instead_of_npz_is_one_line(tmp_path):

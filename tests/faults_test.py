@@ -45,6 +45,22 @@ def test_paths_are_resolved_once_at_the_entry_point(tmp_path, monkeypatch):
   assert files.resolve("~/runs") == str(tmp_path / "home" / "runs")
   assert files.resolve("gs://bucket/runs") == "gs://bucket/runs"
   assert files.resolve(None) is None and files.resolve("") == ""
+  assert files.resolve("file:///data/my%20runs") == "/data/my runs"  # a local path as a URL
+
+
+@pytest.mark.parametrize("path, message", [
+    # each was a folder of its own, trained into unnoticed: a literal '$HOME', a name ending in
+    # '\r' (a script with Windows line ends) or a space, 'C:\\Users\\me' under the current folder
+    ("$HOME/runs", r"holds \$HOME, a shell variable left unexpanded"),
+    ("${DATA}/digits.npz", r"holds \$\{DATA\}"),
+    ("runs/exp1\r", r"a line end or a tab"),
+    ("runs/exp1 ", r"begins or ends with a space"),
+    ("C:\\Users\\me\\runs", r"looks like a Windows path.*/mnt/c/Users"),
+    ("runs\\exp1", r"looks like a Windows path"),
+])
+def test_paths_typed_in_other_conventions_are_one_line(path, message):
+  with pytest.raises(ConfigError, match=message):
+    files.resolve(path)
 
 
 def test_relative_workdir_and_npz_path_train_checkpoint_and_resume(tmp_path, monkeypatch):
