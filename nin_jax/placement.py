@@ -33,18 +33,24 @@ AXIS = "batch"  # the pmapped device axis
 CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
-def cpu_bfloat16_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...] | None:
-  """The CPU_BFLOAT16_FLAGS this host's CPU has (() for none), or None where `cpuinfo` cannot be
-  read (not Linux): the facts behind `native_bfloat16`, and the benchmark's header."""
+def cpu_flags(names, cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...] | None:
+  """Which of the instruction-set flags `names` this host's CPU has (() for none), or None where
+  `cpuinfo` cannot be read (not Linux)."""
   try:
     with open(cpuinfo) as f:
       for line in f:
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):  # x86 | Arm
-          return tuple(flag for flag in CPU_BFLOAT16_FLAGS if flag in value.split())
+          return tuple(flag for flag in names if flag in value.split())
   except OSError:
     return None
   return None
+
+
+def cpu_bfloat16_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...] | None:
+  """The CPU_BFLOAT16_FLAGS this host's CPU has (() for none), or None where `cpuinfo` cannot be
+  read (not Linux): the facts behind `native_bfloat16`, and the benchmark's header."""
+  return cpu_flags(CPU_BFLOAT16_FLAGS, cpuinfo)
 
 
 def native_bfloat16(platform: str) -> bool | None:

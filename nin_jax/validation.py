@@ -78,8 +78,8 @@ def _of_type(value, kind) -> bool:
 def check_fields(config):
   """Raises ConfigError unless every field of `config` is a field of experiments/default.py's
   config, of the type its default has there (a placeholder's declared type; None only where the
-  default is None, "unset"), and every number is finite, >= 0 (no nin-jax field is negative) and,
-  for an integer, at most MAX_INT. Sections named in NOT_TRAINING are skipped. Narrower ranges
+  default is None, "unset"), and every number is finite, >= 0 (no nin-jax field is negative; a
+  tuple's elements: by its own check in validate()) and, for an integer, at most MAX_INT. Sections named in NOT_TRAINING are skipped. Narrower ranges
   are validate()'s; this comes first, so that they compare numbers with numbers."""
   from experiments import default  # the config every config file builds on: the fields' types
   defaults = default.get_config()
@@ -102,13 +102,12 @@ def check_fields(config):
     if value is None and config_path.get_value(key, defaults) is None:
       continue  # unset: the preset's or the default's choice
     unset = " (or None: unset)" if config_path.get_value(key, defaults) is None else ""
-    _require(_of_type(value, kind),
-             f"--config.{key}={value!r} must be {_describe(kind)}" +
-             (" and finite" if kind is float else "") + unset)
-    for number in (value if kind is tuple else [value]):
+    _require(_of_type(value, kind), f"--config.{key}={value!r} must be " +
+             ("a finite number" if kind is float else _describe(kind)) + unset)
+    for number in (value if kind is tuple else [value]):  # a tuple's range: its own check below
       if isinstance(number, numbers.Real) and not isinstance(number, (bool, np.bool_)):
         _require(math.isfinite(number), f"--config.{key}={value!r} must be finite")
-        _require(number >= 0, f"--config.{key}={value!r} must be >= 0")
+        _require(number >= 0 or kind is tuple, f"--config.{key}={value!r} must be >= 0")
         _require(kind is float or number <= MAX_INT,
                  f"--config.{key}={value!r} is beyond {MAX_INT:,}, the largest integer nin-jax "
                  "counts in (int32 on the devices)")

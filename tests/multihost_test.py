@@ -164,8 +164,13 @@ def test_two_processes_stopped_by_a_signal_to_one_stop_together_resume_and_end_a
   one = launch_here(*args, "--config.data_shards=2", f"--workdir={tmp_path / 'one'}")
   assert one.returncode == 0, one.stderr[-3000:]
   a, b = flatten(final_params(workdir)), flatten(final_params(tmp_path / "one"))
+  # Gloo's all-reduce and the in-process one add in another order, and 44 steps of SGD carry that
+  # rounding on (elementwise, up to 7.7e-5 on an AVX2-only host). Measured there, as a fraction
+  # of each array's norm: at most 1.7e-3 for a bias and 8.3e-5 for a kernel; the same run with
+  # the data in another order (data_shards=1) differs by at least 0.21 and 2.4e-3.
   for name in a:
-    np.testing.assert_allclose(a[name], b[name], rtol=1e-4, atol=2e-5, err_msg=name)
+    distance = np.linalg.norm(np.asarray(a[name]) - b[name]) / np.linalg.norm(b[name])
+    assert distance < (1e-2 if name.endswith("bias") else 5e-4), (name, distance)
   two_summary = json.loads((workdir / "summary.json").read_text())
   one_summary = json.loads((tmp_path / "one" / "summary.json").read_text())
   assert two_summary["test_accuracy"] == one_summary["test_accuracy"]

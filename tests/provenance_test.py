@@ -118,6 +118,19 @@ def test_mismatches_names_package_versions_dirty_trees_and_hardware():
   assert "device_kind differs" in lines[2] and "TPU v4 (fc/seed_0)" in lines[2]
 
 
+def test_mismatches_names_environment_settings_and_cpus_that_differ():
+  # JAX_ENABLE_X64=1 changed the digits' test accuracy (issue 22); AVX2 and AVX-512 hosts run
+  # other XLA code. A sweep resumed elsewhere says so in its report.
+  x64, avx512 = _record(), _record()
+  x64["environment"], avx512["environment"] = {"JAX_ENABLE_X64": "1"}, {}
+  x64["cpu"], avx512["cpu"] = "AMD EPYC (avx2)", "AMD EPYC (avx2, avx512f, avx512_bf16)"
+  assert provenance.mismatches({"gap/seed_0": x64, "fc/seed_0": avx512}) == [
+      "cpu differs: AMD EPYC (avx2) (gap/seed_0), AMD EPYC (avx2, avx512f, avx512_bf16) "
+      "(fc/seed_0)",
+      "environment differs: JAX_ENABLE_X64=1 (gap/seed_0), none (fc/seed_0)"]
+  assert provenance.cpu() is None or "(" in provenance.cpu()
+
+
 def test_mismatches_names_runs_without_a_record():
   lines = provenance.mismatches({"gap/seed_0": _record(), "old/seed_0": None})
   assert lines == ["1 run carries no provenance (written by an older nin-jax): old/seed_0"]
