@@ -315,15 +315,14 @@ def apply_overrides(config: ml_collections.ConfigDict,
   fields = list(field_paths(config))
   for key, text in overrides.items():
     if key not in fields:
-      close = difflib.get_close_matches(key, fields, n=1)
+      close = nearest_field(key, fields)
       raise ConfigError(f"the config has no field {key!r}" +
-                        (f"; did you mean {close[0]}={text}?" if close else
+                        (f"; did you mean {close}={text}?" if close else
                          "; set an existing field, for example num_epochs=5"))
     field_type = config_path.get_type(key, config)
     if issubclass(field_type, ml_collections.ConfigDict):
-      example = next(path for path in fields if path.startswith(key + "."))
       raise ConfigError(f"{key} is a section of the config, not a field; set one of its fields, "
-                        f"for example {example}=...")
+                        f"for example {first_field(key, fields)}=...")
     if field_type not in _PARSERS:  # a field set to None without config_dict.placeholder(type)
       raise ConfigError(f"{key} holds a {field_type.__name__}, which the config string cannot "
                         "set (only bool, int, float, str and tuple fields)")
@@ -335,6 +334,17 @@ def apply_overrides(config: ml_collections.ConfigDict,
                         f"takes ({config_path.get_value(key, config)!r} now)") from None
     config_path.set_value(key, config, value)
   return config
+
+
+def nearest_field(key: str, fields) -> str | None:
+  """The field of `fields` (dotted names) that a misspelled `key` most likely meant, or None."""
+  close = difflib.get_close_matches(key, list(fields), n=1)
+  return close[0] if close else None
+
+
+def first_field(section: str, fields) -> str:
+  """A field of `section` ('model' -> 'model.preset'), as the example of what to set instead."""
+  return next(path for path in fields if path.startswith(section + "."))
 
 
 def field_paths(config, prefix=""):

@@ -1,6 +1,5 @@
 """Checks a config before anything is compiled or written; each problem is one ConfigError line
 that names the field and says how to fix it."""
-import difflib
 import functools
 import logging
 import math
@@ -89,15 +88,15 @@ def check_fields(config):
       continue
     value = config_path.get_value(key, config)
     if key not in known:
-      close = difflib.get_close_matches(key, known, n=1)
+      close = default.nearest_field(key, known)
       raise ConfigError(f"--config.{key} is not a nin-jax config field" +
-                        (f"; did you mean {close[0]}?" if close else
+                        (f"; did you mean {close}?" if close else
                          " (experiments/default.py lists them all); remove it"))
     kind = config_path.get_type(key, defaults)
     if issubclass(kind, ml_collections.ConfigDict):
       _require(isinstance(value, ml_collections.ConfigDict),
                f"--config.{key}={value!r} replaces a section of the config; set its fields, "
-               f"such as --config.{next(k for k in known if k.startswith(key + '.'))}")
+               f"such as --config.{default.first_field(key, known)}")
       continue
     if value is None and config_path.get_value(key, defaults) is None:
       continue  # unset: the preset's or the default's choice
