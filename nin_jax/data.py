@@ -445,6 +445,32 @@ def fit_mean_std(x_train, placement=None):
   return lambda x: ((x - mean) / std).astype(np.float32)
 
 
+# GCN + ZCA fits a D x D covariance (D = height * width * channels) and its eigendecomposition,
+# which grows as D^3: CIFAR-10's D = 3,072 took 31 s on 2 cores here, 64 x 64 x 1 (4,096) costs
+# about 2.4x that, 64 x 64 x 3 (12,288: a 1.2 GB float64 covariance) about 64x. Beyond this,
+# refuse rather than sit silent for an hour or run out of memory.
+MAX_ZCA_DIMENSIONS = 4096
+
+
+def check_fits(config, image_shape):
+  """Refuses GCN + ZCA on images of more than MAX_ZCA_DIMENSIONS values (see there why), and a
+  crop padding of the image's side or more (a crop could miss the image entirely; a huge one
+  took all memory padding each batch). `image_shape`: (height, width, channels). Called before
+  anything is compiled (validation.validate), and by `_load` once npz images are known."""
+  side = min(image_shape[:2])
+  if config.augment.crop_padding >= side:
+    raise ConfigError(f"--config.augment.crop_padding={config.augment.crop_padding} must be "
+                      f"smaller than the images' side of {side} pixels (the paper's shifts: 4 of "
+                      "CIFAR's 32)")
+  dimensions = math.prod(image_shape)
+  if config.preprocess == "gcn_zca" and dimensions > MAX_ZCA_DIMENSIONS:
+    raise ConfigError(
+        f"--config.preprocess=gcn_zca on {'x'.join(map(str, image_shape))} images needs a "
+        f"{dimensions:,} x {dimensions:,} covariance ({8 * dimensions ** 2 / 1e9:.1f} GB) and "
+        f"its eigendecomposition; nin-jax fits ZCA up to {MAX_ZCA_DIMENSIONS:,} dimensions "
+        "(CIFAR's 32x32x3 = 3,072 takes ~30 s). Use --config.preprocess=mean_std")
+
+
 def global_contrast_normalize(x, scale=55.0, min_divisor=1e-8):
   """pylearn2's GCN as the maxout/NIN papers used it: per image, zero mean, L2 norm `scale`."""
   flat = x.reshape(len(x), -1).astype(np.float64)
@@ -457,7 +483,7 @@ def fit_gcn_zca(x_train, placement=None, filter_bias=0.1):
   """GCN then ZCA whitening (pylearn2's ZCA, filter_bias 0.1), fitted on the training split.
 
   Cost: a D x D covariance, D = height * width * channels, and its eigendecomposition (~D^3);
-  validation.MAX_ZCA_DIMENSIONS bounds D.
+  MAX_ZCA_DIMENSIONS bounds D.
   """
   logging.info("Fitting GCN + ZCA whitening on %d images of %d dimensions (CIFAR-10's 3,072: "
                "~30 s on 2 CPU cores)", len(x_train), np.prod(x_train.shape[1:]))
@@ -545,8 +571,7 @@ def _load(config, placement):
     raw = hold_out_validation(whole, num_validation, placement)
   else:
     raw = _load_source(config, placement)
-  from nin_jax import validation  # it imports this module
-  validation.check_data_fits(config, raw.image_shape)  # npz images are only known here
+  check_fits(config, raw.image_shape)  # npz images are only known here, before ZCA is fitted
   if config.preprocess not in PREPROCESSORS:
     raise DataError(f"unknown preprocess {config.preprocess!r}; choose one of "
                     f"{sorted(PREPROCESSORS)}")

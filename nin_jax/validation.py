@@ -17,11 +17,6 @@ from nin_jax import placement as placement_lib
 from nin_jax.errors import ConfigError
 
 SCHEDULES = ("constant", "step", "cosine")
-# GCN + ZCA fits a D x D covariance (D = height * width * channels) and its eigendecomposition,
-# which grows as D^3: CIFAR-10's D = 3,072 took 31 s on 2 cores here, 64 x 64 x 1 (4,096) costs
-# about 2.4x that, 64 x 64 x 3 (12,288: a 1.2 GB float64 covariance) about 64x. Beyond this,
-# refuse rather than sit silent for an hour or run out of memory.
-MAX_ZCA_DIMENSIONS = 4096
 # Integer fields count in int32 on the devices and in TensorFlow (steps, seeds, sizes).
 MAX_INT = 2**31 - 1
 # More 1x1 layers per block than any NIN study trains (the paper: 2; NIN_REFERENCE.md); a larger
@@ -195,7 +190,7 @@ def validate(config, num_devices: int | None = None):
              f"use a multiple of {devices}")
   image_shape = data.image_shape(config)
   if image_shape:  # npz files are checked once loaded
-    check_data_fits(config, image_shape)
+    data.check_fits(config, image_shape)
     check_model_fits(_model(config), image_shape, config)
   per_device = config.batch_size // devices
   _require(not config.microbatch_size or per_device % config.microbatch_size == 0,
@@ -226,22 +221,6 @@ def _streaming(config):
 def _model(config):
   from nin_jax import train  # train imports this module
   return train.create_model(config, num_classes=10)  # spatial sizes do not depend on classes
-
-
-def check_data_fits(config, image_shape):
-  """Refuses GCN + ZCA on images of more than MAX_ZCA_DIMENSIONS values (see there why), and a
-  crop padding of the image's side or more (a crop could miss the image entirely; a huge one
-  took all memory padding each batch). `image_shape`: (height, width, channels)."""
-  side = min(image_shape[:2])
-  _require(config.augment.crop_padding < side,
-           f"--config.augment.crop_padding={config.augment.crop_padding} must be smaller than "
-           f"the images' side of {side} pixels (the paper's shifts: 4 of CIFAR's 32)")
-  dimensions = math.prod(image_shape)
-  _require(config.preprocess != "gcn_zca" or dimensions <= MAX_ZCA_DIMENSIONS,
-           f"--config.preprocess=gcn_zca on {'x'.join(map(str, image_shape))} images needs a "
-           f"{dimensions:,} x {dimensions:,} covariance ({8 * dimensions ** 2 / 1e9:.1f} GB) and "
-           f"its eigendecomposition; nin-jax fits ZCA up to {MAX_ZCA_DIMENSIONS:,} dimensions "
-           "(CIFAR's 32x32x3 = 3,072 takes ~30 s). Use --config.preprocess=mean_std")
 
 
 def block_shapes(model, image_shape):

@@ -7,7 +7,7 @@ import tensorflow_datasets as tfds
 from conftest import digits_config
 
 from nin_jax import data
-from nin_jax.errors import DataError
+from nin_jax.errors import ConfigError, DataError
 from nin_jax.placement import Placement
 
 
@@ -198,6 +198,18 @@ def test_an_npz_path_typed_without_the_extension_numpy_added_is_one_line(tmp_pat
            x_test=np.zeros((2, 6, 6, 3), np.uint8), y_test=labels)
   with pytest.raises(DataError, match=r"holds an array of Python objects \(class names"):
     data.load_npz(str(tmp_path / "objects.npz"))
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"preprocess": "gcn_zca"}, r"gcn_zca on 64x64x3 images needs a 12,288 x 12,288 covariance"),
+    ({"augment.crop_padding": 64}, r"crop_padding=64 must be smaller than the images' side of 64"),
+])
+def test_npz_images_are_checked_like_known_ones_once_loaded(tmp_path, fields, message):
+  # validate() knows no npz image shape: before, ZCA was fitted on these (a 1.2 GB covariance)
+  path = write_npz(tmp_path / "big.npz", x_train=np.zeros((20, 64, 64, 3), np.uint8),
+                   x_test=np.zeros((7, 64, 64, 3), np.uint8))
+  with pytest.raises(ConfigError, match=message):
+    data.load_dataset(digits_config(dataset="npz", npz_path=path, **fields))
 
 
 def test_npy_instead_of_npz_is_one_line(tmp_path):
