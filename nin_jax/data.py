@@ -379,6 +379,8 @@ def _check_npz_arrays(arrays):
       if np.all(np.isfinite(y) & (y == np.round(y))):
         raise DataError(f"{labels}: float labels that are whole numbers; fix: "
                         f"{yk} = {yk}.astype(np.int64)")
+    if y.dtype.kind == "b" and y.ndim == 1:
+      raise DataError(f"{labels}: true/false labels; fix: {yk} = {yk}.astype(np.int64)")
     if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1:
       raise DataError(labels)
     if len(x) != len(y):

@@ -39,12 +39,13 @@ def resolve(path):
   """`path` as an absolute local path (str) with `~` expanded, or unchanged if it is a URL
   (gs://...) or empty (None, ""): the form every later call can rely on.
 
-  `file:///data/runs` is the local /data/runs. Raises ConfigError for a path that begins or ends
-  with whitespace or holds a control character, an unexpanded shell variable ($HOME, ${DATA}), a
-  Windows path (C:\\..., backslashes), a path with glob characters (measured: a workdir named
-  'a[lr=0.1]' hides every process folder from Orbax's checkpoint merge), and for a URL with one
-  slash (`gs:/bucket`, what pathlib makes of `gs://`), which would otherwise become a local folder
-  named `gs:` and train to the local disk unnoticed.
+  `file:///data/runs` (and `file:/data/runs`, `file://localhost/data/runs`) is the local
+  /data/runs; `file://data/runs` names a host and is refused. Raises ConfigError for a path that
+  begins or ends with whitespace or holds a control character, an unexpanded shell variable
+  ($HOME, ${DATA}), a Windows path (C:\\..., backslashes), a path with glob characters
+  (measured: a workdir named 'a[lr=0.1]' hides every process folder from Orbax's checkpoint
+  merge), and for a URL with one slash (`gs:/bucket`, what pathlib makes of `gs://`), which would
+  otherwise become a local folder named `gs:` and train to the local disk unnoticed.
   """
   if not path:
     return path
@@ -59,8 +60,12 @@ def resolve(path):
   if re.match(r"^[A-Za-z]:[\\/]", path) or "\\" in path:
     raise ConfigError(f"{path!r} looks like a Windows path; here paths are written with '/' (on "
                       "WSL, C:\\Users is /mnt/c/Users)")
-  if path.startswith("file://"):  # a local path as a URL: what follows is the path
-    path = urllib.parse.unquote(path[len("file://"):]) or "/"
+  if path.lower().startswith("file:"):  # a local path as a URL (RFC 8089): file:///x, file:/x
+    url = urllib.parse.urlsplit(path)
+    if url.netloc not in ("", "localhost"):
+      raise ConfigError(f"{path!r} names the host {url.netloc!r}; a local path as a URL is "
+                        f"file:///{url.netloc}{url.path} (three slashes), or write the path itself")
+    path = urllib.parse.unquote(url.path) or "/"
   if any(c in path for c in "[]*?"):
     raise ConfigError(f"{path!r} holds a glob character ([, ], * or ?): Orbax and TFDS find their "
                       "files by glob patterns that include the folder, so a run there could not "
@@ -85,6 +90,9 @@ def check_reachable(path, flag: str):
   from nin_jax import data  # TensorFlow hidden from accelerators before epath imports it
   data.tensorflow()
   scheme, _, rest = os.fspath(path).partition("://")
+  if scheme != "gs":  # TensorFlow's file systems, under etils.epath, read Google Cloud Storage
+    raise ConfigError(f"{flag}={path}: nin-jax reads local paths and gs:// (Google Cloud "
+                      f"Storage), not {scheme}://; copy the data to one of them")
   bucket = f"{scheme}://{rest.split('/')[0]}"
   causes = ("Likely causes: no network on this machine, no such bucket, or no credentials (run "
             "`gcloud auth application-default login`, or use the TPU VM's service account); or "

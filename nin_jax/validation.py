@@ -73,8 +73,9 @@ def check_fields(config):
   """Raises ConfigError unless every field of `config` is a field of experiments/default.py's
   config, of the type its default has there (a placeholder's declared type; None only where the
   default is None, "unset"), and every number is finite, >= 0 (no nin-jax field is negative; a
-  tuple's elements: by its own check in validate()) and, for an integer, at most MAX_INT. Sections named in NOT_TRAINING are skipped. Narrower ranges
-  are validate()'s; this comes first, so that they compare numbers with numbers."""
+  tuple's elements: by its own check in validate()) and, for an integer, at most MAX_INT.
+  Sections named in NOT_TRAINING are skipped. Narrower ranges are validate()'s; this comes
+  first, so that they compare numbers with numbers."""
   from experiments import default  # the config every config file builds on: the fields' types
   defaults = default.get_config()
   known = list(default.field_paths(defaults))
@@ -149,14 +150,14 @@ def validate(config, num_devices: int | None = None):
            f"--config.optimizer.decay_factor={config.optimizer.decay_factor} multiplies the rate "
            "at each decay epoch: use a factor in (0, 1], such as 0.1")
   decay = list(config.optimizer.decay_epochs)
-  _require(all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in decay),
+  _require(all(_of_type(e, float) for e in decay),
            f"--config.optimizer.decay_epochs={tuple(decay)} must be numbers of epochs, "
            "for example '(200, 230)'")
   _require(all(a < b for a, b in zip(decay, decay[1:])) and all(e > 0 for e in decay),
            f"--config.optimizer.decay_epochs={tuple(decay)} must be positive and strictly "
            "ascending")
   hidden = list(config.model.fc_hidden)
-  _require(all(isinstance(w, int) and w > 0 for w in hidden),
+  _require(all(_of_type(w, int) and w > 0 for w in hidden),
            f"--config.model.fc_hidden={tuple(hidden)} must be positive layer widths, "
            "for example '(512,)'")
   warmup, epochs = config.optimizer.warmup_epochs, config.num_epochs
@@ -173,9 +174,12 @@ def validate(config, num_devices: int | None = None):
                       "epochs: those decays never happen", tuple(late), epochs)
   if config.dataset == "npz":
     _require(config.npz_path, "dataset 'npz' needs a file: --config.npz_path=/path/to/data.npz")
+  else:  # the file would be ignored: the run trains on the dataset named
+    _require(not config.npz_path, f"--config.npz_path={config.npz_path} is set but "
+             f"--config.dataset={config.dataset}: add --config.dataset=npz to train on the file")
   _positive(config, "synthetic.num_classes", "synthetic.num_train", "synthetic.num_test")
   shape = tuple(config.synthetic.image_shape)
-  _require(len(shape) == 3 and all(isinstance(n, int) for n in shape) and min(shape) > 0,
+  _require(len(shape) == 3 and all(_of_type(n, int) for n in shape) and min(shape) > 0,
            f"--config.synthetic.image_shape={shape} must be (height, width, channels) > 0")
   _choice(config, "streaming.crop", streaming.CROPS)
   _positive(config, "streaming.image_size", "streaming.shuffle_buffer")
@@ -310,9 +314,10 @@ def validate_ablation(config):
   _require(ablation.runs_at_once >= 0,
            f"--config.ablation.runs_at_once={ablation.runs_at_once} must be >= 1 (or 0: automatic)")
   _require(ablation.num_seeds >= 1, f"--config.ablation.num_seeds={ablation.num_seeds} must be >= 1")
-  _require(isinstance(config.seed, int) and not isinstance(config.seed, bool) and config.seed >= 0,
-           f"--config.seed={config.seed!r}: a sweep's first seed must be an integer >= 0 (its runs "
-           "take it and the ones after it)")
+  _require(_of_type(config.seed, int) and 0 <= config.seed <= MAX_INT - ablation.num_seeds + 1,
+           f"--config.seed={config.seed!r}: a sweep's first seed must be an integer from 0 to "
+           f"{MAX_INT - ablation.num_seeds + 1:,} (its runs take it and the "
+           f"--config.ablation.num_seeds - 1 = {ablation.num_seeds - 1} after it)")
   if ablation.get("arms"):
     _require(all(isinstance(arm, (tuple, list)) and len(arm) == 2 and isinstance(arm[0], str)
                  and all(isinstance(o, (tuple, list)) and len(o) == 2 and isinstance(o[0], str)

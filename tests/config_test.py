@@ -129,7 +129,7 @@ ACCEPTED = {
     "data_shards": (0,), "download": (True,), "eval_every_steps": (0,), "microbatch_size": (0,),
     "model.dropout": (0, None, 0.5), "model.fc_hidden": ((),),
     "model.init_stddev": (2**31, 10**12, 0.5), "model.num_1x1": (0, None),
-    "model.relu_on_class_maps": (True,), "npz_path": ("x",), "num_epochs": (2**31, 10**12, 0.5),
+    "model.relu_on_class_maps": (True,), "num_epochs": (2**31, 10**12, 0.5),
     "optimizer.bias_lr_multiplier": (0, 2**31, 10**12, 0.5),
     "optimizer.classifier_lr_multiplier": (0, 2**31, 10**12, 0.5),
     "optimizer.decay_epochs": ((),), "optimizer.decay_factor": (0.5,),
@@ -194,6 +194,11 @@ def test_a_field_nin_jax_does_not_have_or_a_replaced_section_is_one_line():
         config.ablation[key] = value
       with pytest.raises(ConfigError, match=rf"--config.ablation.{key}="):
         validation.validate_ablation(config)
-  # numpy scalars are numbers too
-  validation.validate(_with_field("batch_size", np.int64(64),
-                                  optimizer__learning_rate=np.float32(0.05)), 1)
+  # numpy scalars are numbers too, in tuples as well (tuple(np.array(...)) makes them)
+  validation.validate(_with_field("batch_size", np.int64(64), optimizer__learning_rate=np.float32(
+      0.05), model__head="fc", model__fc_hidden=(np.int64(64),), optimizer__schedule="step",
+      optimizer__decay_epochs=(np.int64(30), np.float32(50.0))), 1)
+  # a file named but not used: it trained on the digits and ignored the file
+  with pytest.raises(ConfigError, match=r"--config.npz_path=/data/x.npz is set but "
+                                        r"--config.dataset=digits: add --config.dataset=npz"):
+    validation.validate(_with_field("npz_path", "/data/x.npz"), 1)

@@ -166,6 +166,8 @@ _PIXELS = np.linspace(0, 1, 20 * 6 * 6 * 3).reshape(20, 6, 6, 3)  # floats 0..1
      "at least 2 classes"),
     ({"y_train": np.arange(20) % 10 + 1, "y_test": np.arange(7) % 10 + 1}, "labels start at 1",
      "10 for the digit 0: y_train[y_train == 10] = 0"),
+    ({"y_train": np.arange(20) % 2 == 1}, "got bool (20,): true/false labels",
+     "y_train = y_train.astype(np.int64)"),
     ({"y_train": np.arange(20) % 4 - 1}, "(min -1) (-1 often marks unlabelled examples",
      "np.searchsorted"),
     ({"x_test": np.zeros((0, 6, 6, 3), np.uint8), "y_test": np.zeros(0, np.int64)},

@@ -45,7 +45,14 @@ def test_paths_are_resolved_once_at_the_entry_point(tmp_path, monkeypatch):
   assert files.resolve("~/runs") == str(tmp_path / "home" / "runs")
   assert files.resolve("gs://bucket/runs") == "gs://bucket/runs"
   assert files.resolve(None) is None and files.resolve("") == ""
-  assert files.resolve("file:///data/my%20runs") == "/data/my runs"  # a local path as a URL
+  # a local path as a URL, in each form RFC 8089 allows; file://tmp/x would be host 'tmp' (it
+  # trained into ./tmp/x before)
+  for url in ("file:///data/my%20runs", "file:/data/my%20runs", "file://localhost/data/my%20runs"):
+    assert files.resolve(url) == "/data/my runs", url
+  with pytest.raises(ConfigError, match=r"names the host 'tmp'.*file:///tmp/x \(three slashes\)"):
+    files.resolve("file://tmp/x")
+  with pytest.raises(ConfigError, match=r"reads local paths and gs:// .*, not s3://"):
+    files.check_reachable("s3://bucket/runs", "--workdir")  # was probed as a bucket: 'no network'
 
 
 @pytest.mark.parametrize("path, message", [

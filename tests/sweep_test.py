@@ -436,5 +436,9 @@ def test_a_sweep_takes_its_seeds_from_the_config_seed_and_counts_each_once():
   assert len({(run.arm, run.seed) for run in runs}) == len(runs)
   config.seed = -1  # (a float or a string: ml_collections refuses it for an int field)
   with pytest.raises(ConfigError, match=r"--config.seed=-1: a sweep's first seed must be an "
-                                        r"integer >= 0"):
+                                        r"integer from 0 to 2,147,483,645"):
+    validation.validate_ablation(config)
+  config.seed = 2**31 - 1  # a seed of its own, but its sweep's last seed would pass int32
+  with pytest.raises(ConfigError, match=r"its runs take it and the --config.ablation.num_seeds - 1 "
+                                        r"= 2 after it"):
     validation.validate_ablation(config)
