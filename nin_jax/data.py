@@ -393,11 +393,11 @@ def _check_npz_arrays(arrays):
   if x_train.shape[1:] != x_test.shape[1:]:
     raise DataError(f"npz x_train has shape {x_train.shape} but x_test {x_test.shape}: train and "
                     f"test images need the same height, width and channels (NHWC)")
-  every = np.unique(np.concatenate([arrays["y_train"], arrays["y_test"]]))
-  low, high = int(every[0]), int(every[-1])
+  every = np.concatenate([arrays["y_train"], arrays["y_test"]])
+  low = int(every.min())
   if low >= 1:
     svhn = (" (or SVHN's .mat labels, 10 for the digit 0: y_train[y_train == 10] = 0; "
-            "y_test[y_test == 10] = 0)" if (low, high) == (1, 10) else "")
+            "y_test[y_test == 10] = 0)" if (low, int(every.max())) == (1, 10) else "")
     raise DataError(f"npz labels start at {low}, no label 0 in y_train or y_test (1-based, as in "
                     f"MATLAB/SVHN); nin-jax needs 0..num_classes-1: y_train = y_train - {low}; "
                     f"y_test = y_test - {low}{svhn}")

@@ -33,18 +33,30 @@ AXIS = "batch"  # the pmapped device axis
 CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
-def cpu_flags(names, cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...] | None:
-  """Which of the instruction-set flags `names` this host's CPU has (() for none), or None where
-  `cpuinfo` cannot be read (not Linux)."""
+def cpu_info(cpuinfo: str = "/proc/cpuinfo") -> dict[str, str] | None:
+  """{field: value} of the first processor in `cpuinfo` ("model name", "flags" on x86;
+  "Features" on Arm), or None where it cannot be read (not Linux)."""
+  fields = {}
   try:
     with open(cpuinfo) as f:
       for line in f:
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):  # x86 | Arm
-          return tuple(flag for flag in names if flag in value.split())
+        if not key.strip() and fields:  # a blank line ends the first processor
+          break
+        fields.setdefault(key.strip(), value.strip())
   except OSError:
     return None
-  return None
+  return fields
+
+
+def cpu_flags(names, cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...] | None:
+  """Which of the instruction-set flags `names` this host's CPU has (() for none), or None where
+  `cpuinfo` cannot be read (not Linux)."""
+  fields = cpu_info(cpuinfo) or {}
+  present = fields.get("flags", fields.get("Features"))  # x86 | Arm
+  if present is None:  # no cpuinfo, or no flags in it: unknown
+    return None
+  return tuple(flag for flag in names if flag in present.split())
 
 
 def cpu_bfloat16_flags(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, ...] | None:

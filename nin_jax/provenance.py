@@ -50,11 +50,10 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "asimd", "sve", "bf16
 def cpu() -> str | None:
   """This host's CPU as 'model (flags of CPU_FLAGS)', e.g. 'AMD EPYC (avx2)'; None off Linux."""
   from nin_jax import placement
-  flags = placement.cpu_flags(CPU_FLAGS)
-  if flags is None:
+  fields, flags = placement.cpu_info(), placement.cpu_flags(CPU_FLAGS)
+  if fields is None or flags is None:
     return None
-  model = next((line.partition(":")[2].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), python_platform.machine())
+  model = fields.get("model name") or python_platform.machine()
   return f"{model} ({', '.join(flags) or 'none of ' + '/'.join(CPU_FLAGS)})"
 
 

@@ -1,6 +1,5 @@
 """Checks a config before anything is compiled or written; each problem is one ConfigError line
 that names the field and says how to fix it."""
-import functools
 import logging
 import math
 import numbers
@@ -43,11 +42,10 @@ def _get(config, key):
   return node
 
 
-def _positive(config, *keys, allow_zero=False):
+def _positive(config, *keys):
+  """After check_fields: the numbers `keys` name must also be > 0."""
   for key in keys:
-    value = _get(config, key)
-    ok = value is not None and (value >= 0 if allow_zero else value > 0)
-    _require(ok, f"--config.{key}={value} must be {'>= 0' if allow_zero else '> 0'}")
+    _require(_get(config, key) > 0, f"--config.{key}={_get(config, key)} must be > 0")
 
 
 def _describe(kind):
@@ -127,12 +125,7 @@ def validate(config, num_devices: int | None = None):
   _positive(config, "batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
             "checkpoint_every_steps", "keep_checkpoints", "optimizer.learning_rate",
             "model.init_stddev", "optimizer.decay_factor")
-  _positive(config, "eval_every_steps", "stuck_loss_steps", "stuck_loss_tolerance",
-            "optimizer.weight_decay", "optimizer.grad_clip_norm", "optimizer.warmup_epochs",
-            "optimizer.bias_lr_multiplier", "optimizer.classifier_lr_multiplier",
-            "augment.crop_padding", "microbatch_size", "data_shards", allow_zero=True)
-  if "validation_examples" in config:  # the split itself is checked against the data's size
-    _positive(config, "validation_examples", allow_zero=True)
+  # every other number: >= 0 (check_fields); validation_examples against the data's size too
   # |loss - ln(classes)| below it counts as stuck: a band as wide as ln(classes) (2.3 for 10) would
   # stop runs that learn
   _require(config.stuck_loss_tolerance < 1,
@@ -230,6 +223,12 @@ def _model(config):
 def block_shapes(model, image_shape):
   """[(input shape, output shape)] of every mlpconv block of `model` for one image of
   `image_shape` (H, W, C), worked out by jax.eval_shape: no FLOPs, no memory."""
+  return _trace(model, image_shape)[0]
+
+
+def _trace(model, image_shape):
+  """(block_shapes, the number of parameters) of `model` on `image_shape` images, from one
+  jax.eval_shape of its init."""
   shapes = []
 
   def record(next_fun, args, kwargs, context):
@@ -242,16 +241,18 @@ def block_shapes(model, image_shape):
     with nn.intercept_methods(record):
       return model.init(jax.random.PRNGKey(0), x, train=False)
 
-  jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
-  return shapes
+  variables = jax.eval_shape(forward, jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))
+  return shapes, sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(variables["params"]))
 
 
-def _fits(model, image_shape):
+def _num_params_if_fits(model, image_shape) -> int | None:
+  """`model`'s number of parameters on `image_shape` images, or None when a block's feature map
+  would be empty there."""
   try:
-    shapes = block_shapes(model, image_shape)
+    shapes, count = _trace(model, image_shape)
   except (TypeError, ValueError):  # shape inference refused: a negative size
-    return False
-  return all(min(shape[1:3]) >= 1 for pair in shapes for shape in pair)
+    return None
+  return count if all(min(shape[1:3]) >= 1 for pair in shapes for shape in pair) else None
 
 
 def _memory_bytes():
@@ -269,10 +270,8 @@ def check_model_fits(model, image_shape, config):
   `image_shape` images, naming the preset's smallest usable (square) input size; or when its
   float32 parameters, momentum and gradients would not fit in a device's memory (a huge
   fc_hidden width, or the labels of an npz file that make a huge number of classes)."""
-  if _fits(model, image_shape):
-    shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0),
-                            jax.ShapeDtypeStruct((1, *image_shape), jnp.float32))["params"]
-    count = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
+  count = _num_params_if_fits(model, image_shape)
+  if count is not None:
     needed, limit = 3 * 4 * count, _memory_bytes()
     _require(limit is None or needed <= limit,
              f"the model ({config.model.preset}, head {config.model.head}, fc_hidden "
@@ -283,12 +282,13 @@ def check_model_fits(model, image_shape, config):
     return
   channels = image_shape[-1]
   low, high = 1, 1024  # smallest fitting size, by bisection: fitting is monotone in the size
-  if not _fits(model, (high, high, channels)):
+  if _num_params_if_fits(model, (high, high, channels)) is None:
     smallest = "more than 1024 x 1024"
   else:
     while low < high:
       middle = (low + high) // 2
-      low, high = (low, middle) if _fits(model, (middle, middle, channels)) else (middle + 1, high)
+      fits = _num_params_if_fits(model, (middle, middle, channels)) is not None
+      low, high = (low, middle) if fits else (middle + 1, high)
     smallest = f"{low} x {low}"
   raise ConfigError(f"--config.model.preset={config.model.preset} cannot take "
                     f"{image_shape[0]} x {image_shape[1]} images ({config.dataset}): a block's "
@@ -308,11 +308,9 @@ def validate_ablation(config):
     _require(_of_type(ablation[key], int) and 0 <= ablation[key] <= MAX_INT,
              f"--config.ablation.{key}={ablation[key]!r} must be an integer >= 0")
   per_run = ablation.devices_per_run
-  _require(per_run >= 0 and (not per_run or local % per_run == 0),
+  _require(not per_run or local % per_run == 0,
            f"--config.ablation.devices_per_run={per_run} must divide this host's {local} devices "
            f"(or be 0: automatic)")
-  _require(ablation.runs_at_once >= 0,
-           f"--config.ablation.runs_at_once={ablation.runs_at_once} must be >= 1 (or 0: automatic)")
   _require(ablation.num_seeds >= 1, f"--config.ablation.num_seeds={ablation.num_seeds} must be >= 1")
   _require(_of_type(config.seed, int) and 0 <= config.seed <= MAX_INT - ablation.num_seeds + 1,
            f"--config.seed={config.seed!r}: a sweep's first seed must be an integer from 0 to "
