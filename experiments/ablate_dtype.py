@@ -9,7 +9,7 @@ Quick, on the embedded digits (no network): the quick start of README.md, 5 seed
   python launch.py --config=experiments/ablate_dtype.py:digits --workdir=/tmp/ablate_dtype
   python -m nin_jax.report /tmp/ablate_dtype
 
-  Hardware: 2 CPU cores. Time and result: README.md, "Mixed precision" (measured with this
+  Hardware: 2 CPU cores. Time and result: docs/mixed_precision.md (measured with this
   config; on a CPU without bfloat16 arithmetic the bfloat16 arm is the slower one, see there).
 
 Paper scale, CIFAR-10 with the authors' recipe (experiments/default.py), 2 arms x 3 seeds:
@@ -24,13 +24,13 @@ Paper scale, CIFAR-10 with the authors' recipe (experiments/default.py), 2 arms 
 import ml_collections
 
 from experiments import default
-from nin_jax import sweep
+from nin_jax import config_string, sweep
 
 
-@default.with_overrides  # key=value fields of the config string apply after this function
+@config_string.with_overrides  # key=value fields of the config string apply after this function
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = default.get_config(variant)
-  digits = "digits" in default.variant_names(variant)
+  digits = "digits" in config_string.variant_names(variant)
   config.ablation = default.ablation(
       sweep.arm_set("model.dtype", ("float32", "bfloat16")), num_seeds=5 if digits else 3,
       paper_test_error=({"float32": 10.41} if config.dataset == "cifar10" else {}))

@@ -18,7 +18,7 @@ training digits held out for validation:
 
   python launch.py --config=experiments/ablate_head.py:digits --workdir=/tmp/ah
 
-Ten seeds (the runs train 3 at a time on CPU, see README.md "Sweeps on one machine"):
+Ten seeds (the runs train 3 at a time on CPU, see docs/scale.md):
 
   python launch.py --config=experiments/ablate_head.py:digits,ablation.num_seeds=10 \
       --workdir=/tmp/ah10
@@ -26,7 +26,7 @@ Ten seeds (the runs train 3 at a time on CPU, see README.md "Sweeps on one machi
   Hardware: 2 CPU cores. Time: 11 min 19 s measured (30 runs). Result (test error mean +- std, seeds
   0-9): gap 2.48 +- 2.97% (seed 7 at 10.86%, the other nine 1.11-2.23%), fc 1.23 +- 0.38%,
   fc_dropout 1.59 +- 0.32%; nothing established on either split (fc - fc_dropout: -0.36 points,
-  adjusted p = 0.067; 17 seeds would settle it). README.md, "Ablations", has the report.
+  adjusted p = 0.067; 17 seeds would settle it). docs/ablations.md has the report.
 
 One arm only (to share a sweep between machines by hand): add --arm=fc. Rebuild the report from disk:
 python -m nin_jax.report /tmp/ah.
@@ -35,6 +35,7 @@ python -m nin_jax.report /tmp/ah.
 import ml_collections
 
 from experiments import default
+from nin_jax import config_string
 
 # Each arm's learning rates, explicit. `optimizer.classifier_lr_multiplier` scales the layer named
 # `classifier`: in the GAP model that is the class-map 1x1 convolution, whose ReLU dies at the
@@ -57,10 +58,10 @@ SLOW_FC_ARMS = {
 DIGITS_VALIDATION_EXAMPLES = 288
 
 
-@default.with_overrides  # key=value fields of the config string apply after this function
+@config_string.with_overrides  # key=value fields of the config string apply after this function
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  names = default.variant_names(variant)
-  config = default.get_config(",".join(i for i in variant.split(",") if i != "both_fc_rates"))
+  names = config_string.variant_names(variant)
+  config = default.get_config(config_string.without(variant, "both_fc_rates"))
   arms = {**HEAD_ARMS, **(SLOW_FC_ARMS if "both_fc_rates" in names else {})}
   config.ablation = default.ablation(
       arms, num_seeds=3,

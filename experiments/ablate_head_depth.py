@@ -20,17 +20,17 @@ Quick, on the embedded digits (no network), 288 training examples held out for v
   (test error mean +- std): at depth 0, GAP 7.43 +- 2.05% against FC 1.67 +- 0.28% and
   FC + dropout 1.67 +- 0.48%; at depths 1 and 2 every head between 1.0 and 1.9%. With 36 pairs
   and 3 seeds nothing is established on the test split; on the validation split FC at depth 1
-  and 2 beats GAP at depth 0. README.md, "Ablations", has the report and the seeds to settle.
+  and 2 beats GAP at depth 0. docs/ablations.md has the report and the seeds to settle.
 """
 import ml_collections
 
 from experiments import ablate_head, default
-from nin_jax import sweep
+from nin_jax import config_string, sweep
 
 
-@default.with_overrides  # key=value fields of the config string apply after this function
+@config_string.with_overrides  # key=value fields of the config string apply after this function
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-  names = default.variant_names(variant)
+  names = config_string.variant_names(variant)
   config = default.get_config(variant)
   config.ablation = default.ablation(
       sweep.grid(ablate_head.HEAD_ARMS, sweep.arm_set("model.num_1x1", (0, 1, 2))), num_seeds=3,

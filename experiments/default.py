@@ -17,9 +17,9 @@ Quick variant, no network needed:
   Hardware: 2 CPU cores. Time: ~1 minute including start-up. Expected: >= 97% test accuracy
   on the 359 held-out digits (README.md: 98.33% with seed 0, 28 s of training).
 
-The config string after the colon is a comma-separated list, as in big_vision: named variants
-(augment, digits, holdout; the dataset first, whatever the order), and key=value fields, set
-after every variant:
+The config string after the colon is a comma-separated list, as in big_vision
+(nin_jax/config_string.py): named variants (augment, digits, holdout; the dataset first,
+whatever the order), and key=value fields, set after every variant:
 
   python launch.py --workdir=/tmp/nin_fc \
       '--config=experiments/default.py:digits,num_epochs=5,model.head=fc,model.fc_hidden=(64,)'
@@ -32,15 +32,11 @@ augment.crop_padding=2 or augment.flip=true. An unknown variant or field, a bad 
 item or a field given twice is one line of error. --config.x=v flags are applied after all of this:
 --config.model.head=fc, --config.optimizer.learning_rate=0.01.
 """
-import difflib
-import functools
-from collections.abc import Mapping
-
 import ml_collections
-from absl import flags
 from ml_collections import config_dict
-from ml_collections.config_flags import config_path, tuple_parser
 
+from nin_jax import models
+from nin_jax.config_string import apply_overrides, parse_variant, section_of
 from nin_jax.errors import ConfigError
 
 # The named variants of the config string; combine them with commas (module docstring).
@@ -93,22 +89,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.validation_examples = 0
 
   # --- Model (nin_jax/models.py) ----------------------------------------------------------------
-  config.model = ml_collections.ConfigDict()
-  config.model.preset = "nin_cifar"    # nin_cifar | nin_imagenet | nin_digits
-  config.model.head = "gap"            # gap | fc | fc_dropout
-  config.model.num_1x1 = config_dict.placeholder(int)  # 1x1 layers per block; unset: preset's (2)
-  config.model.dropout = config_dict.placeholder(float)  # between blocks; unset: preset's (0.5)
-  config.model.fc_hidden = ()          # hidden dense widths of the FC heads
-  config.model.relu_on_class_maps = True
-  config.model.init_stddev = 0.05      # the authors' N(0, 0.05^2)
-  config.model.dtype = "float32"       # "bfloat16": mixed precision on TPU/GPU (f32 weights)
-  config.model.norm = "none"           # none (the paper) | batch: BatchNorm before each ReLU
-  # Convolutions and matmuls of float32 operands: full float32 (lax.Precision.HIGHEST), as the
-  # paper trained (2013 GPUs had no TF32). JAX's default is not float32 on accelerators (one
-  # bfloat16 pass on TPU, TF32 on Ampere+ GPUs: models.PRECISIONS); a float32 run that computed
-  # in bfloat16 would not be the paper's recipe, nor the float32 arm of ablate_dtype.py. Faster:
-  # "tensorfloat32" or "default", or model.dtype="bfloat16" (the mixed-precision recipe).
-  config.model.precision = "float32"   # float32 | tensorfloat32 | default
+  # Every field of models.NIN but num_classes and the device axis, at NIN's defaults (the paper's
+  # network: nin_cifar, GAP head, 2 1x1 layers per block, dropout 0.5, float32 at full precision
+  # on every platform, no normalisation). models.CHOICES lists the values of the named fields.
+  config.model = section_of(models.NIN, skip=("axis_name",))
 
   # --- Optimisation: the authors' recipe in SGD terms (NIN_REFERENCE.md) --------------------------
   config.seed = 0
@@ -116,7 +100,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.eval_batch_size = 512
   # Per device, compute the gradient in micro-batches of this many examples and average: the same
   # update, less memory traffic. 0: the whole per-device batch at once. On CPU, 16 makes the
-  # CIFAR step ~25% faster (README.md, "Speed"); on TPU and GPU keep 0, big batches suit them.
+  # CIFAR step ~25% faster (docs/speed.md); on TPU and GPU keep 0, big batches suit them.
   config.microbatch_size = 0
   config.num_epochs = 260.0
   config.optimizer = ml_collections.ConfigDict()
@@ -140,7 +124,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.stuck_loss_steps = 2000       # stop when the loss sits at ln(classes) this long; 0: off
   config.stuck_loss_tolerance = 1e-3
 
-  # --- Variants and key=value fields of the config string (parse_variant) ----------------------
+  # --- Variants and key=value fields of the config string (nin_jax/config_string.py) ------------
   names, overrides = parse_variant(variant)
   unknown = [name for name in names if name not in VARIANTS]
   if unknown:
@@ -245,127 +229,6 @@ def ablation(arms: dict, num_seeds: int, paper_test_error=None) -> ml_collection
       arms=tuple((name, tuple(overrides.items())) for name, overrides in arms.items()),
       num_seeds=num_seeds,
       paper_test_error=tuple((paper_test_error or {}).items()),  # pairs too: arm names
-      # Where runs train (README.md, "Sweeps on one machine, a TPU host and a pod slice"); 0 is
+      # Where runs train (docs/scale.md); 0 is
       # automatic: one device per run, one run per device (on CPU: 3, or one per device).
       devices_per_run=0, runs_at_once=0))
-
-
-# --- The config string: named variants and key=value fields, as big_vision's parse_arg ----------
-
-def parse_variant(variant: str) -> tuple[list[str], dict[str, str]]:
-  """'digits,num_epochs=5,optimizer.decay_epochs=(100,150)' -> (['digits'], {'num_epochs': '5',
-  'optimizer.decay_epochs': '(100,150)'}): the named variants in the order given, and the fields
-  to set with their values still text (apply_overrides parses them). Commas inside (...) or [...]
-  do not split. An empty item, a variant or a field given twice, or an unclosed bracket is a
-  ConfigError; whether the names are known is for the config file to say."""
-  items, depth, start = [], 0, 0
-  for i, char in enumerate(variant):
-    depth += (char in "([") - (char in ")]")
-    if depth < 0:
-      raise ConfigError(f"the config string {variant!r} has a {char!r} that closes nothing; "
-                        "tuples are written (100,150)")
-    if char == "," and depth == 0:
-      items.append(variant[start:i])
-      start = i + 1
-  if depth:
-    raise ConfigError(f"the config string {variant!r} has an unclosed '(' or '['; tuples are "
-                      "written (100,150), inside quotes in the shell")
-  items.append(variant[start:])
-  if items == [""]:
-    return [], {}
-  names, overrides = [], {}
-  for item in (item.strip() for item in items):
-    key, is_field, value = item.partition("=")
-    key = key.strip()
-    if not key:
-      raise ConfigError(f"the config string {variant!r} has an empty item" +
-                        (f" ({item!r} names no field)" if item else
-                         " (two commas in a row, or one at an end)") + "; remove it")
-    if not is_field and key in names:
-      raise ConfigError(f"the config string {variant!r} names the variant {key!r} twice; "
-                        "keep one")
-    if is_field and key in overrides:
-      raise ConfigError(f"the config string {variant!r} sets {key} twice "
-                        f"({overrides[key]!r} and {value.strip()!r}); keep one")
-    if is_field:
-      overrides[key] = value.strip()
-    else:
-      names.append(key)
-  return names, overrides
-
-
-def variant_names(variant: str) -> list[str]:
-  """The named variants of a config string, in order: 'digits,num_epochs=5' -> ['digits']."""
-  return parse_variant(variant)[0]
-
-
-# The same parsers as for --config.x=v flags (ml_collections.config_flags), so both read alike.
-_PARSERS = {bool: (flags.BooleanParser(), "true or false"),
-            int: (flags.IntegerParser(), "an integer"),
-            float: (flags.FloatParser(), "a number"),
-            str: (flags.ArgumentParser(), "text"),
-            tuple: (tuple_parser.TupleParser(), "a tuple such as (100,150)")}
-
-
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: Mapping[str, str]) -> ml_collections.ConfigDict:
-  """Sets each dotted field of `overrides` (from parse_variant) on `config`, its text parsed to
-  the field's type (a placeholder's declared type when unset), and returns `config`. A field
-  that does not exist, a section, or text that is not of the field's type is a ConfigError."""
-  fields = list(field_paths(config))
-  for key, text in overrides.items():
-    if key not in fields:
-      close = nearest_field(key, fields)
-      raise ConfigError(f"the config has no field {key!r}" +
-                        (f"; did you mean {close}={text}?" if close else
-                         "; set an existing field, for example num_epochs=5"))
-    field_type = config_path.get_type(key, config)
-    if issubclass(field_type, ml_collections.ConfigDict):
-      raise ConfigError(f"{key} is a section of the config, not a field; set one of its fields, "
-                        f"for example {first_field(key, fields)}=...")
-    if field_type not in _PARSERS:  # a field set to None without config_dict.placeholder(type)
-      raise ConfigError(f"{key} holds a {field_type.__name__}, which the config string cannot "
-                        "set (only bool, int, float, str and tuple fields)")
-    parser, expected = _PARSERS[field_type]
-    try:
-      value = parser.parse(text)
-    except ValueError:
-      raise ConfigError(f"{key}={text!r} in the config string is not {expected}, which {key} "
-                        f"takes ({config_path.get_value(key, config)!r} now)") from None
-    config_path.set_value(key, config, value)
-  return config
-
-
-def nearest_field(key: str, fields) -> str | None:
-  """The field of `fields` (dotted names) that a misspelled `key` most likely meant, or None."""
-  close = difflib.get_close_matches(key, list(fields), n=1)
-  return close[0] if close else None
-
-
-def first_field(section: str, fields) -> str:
-  """A field of `section` ('model' -> 'model.preset'), as the example of what to set instead."""
-  return next(path for path in fields if path.startswith(section + "."))
-
-
-def field_paths(config, prefix=""):
-  """Every dotted field and section name of `config`: 'model', 'model.head', ..."""
-  for key, value in config.items():
-    yield prefix + key
-    if isinstance(value, ml_collections.ConfigDict):
-      yield from field_paths(value, f"{prefix}{key}.")
-
-
-def with_overrides(get_config):
-  """For a config file built on this one: `@default.with_overrides` above its
-  `get_config(variant)` sets the config string's key=value fields on the config it returns,
-  after its own changes (so `ablate_head.py:digits,ablation.num_seeds=10` works); its
-  get_config sees only the named variants and a `dataset=` field, joined by commas
-  ('digits', 'augment,dataset=cifar100')."""
-  @functools.wraps(get_config)
-  def get_config_with_overrides(variant: str = "") -> ml_collections.ConfigDict:
-    names, overrides = parse_variant(variant)
-    # the dataset goes in with the names: the variants, and the file's own choices (the paper's
-    # numbers are CIFAR-10's), depend on it
-    dataset = [f"dataset={overrides['dataset']}"] if "dataset" in overrides else []
-    return apply_overrides(get_config(",".join(names + dataset)), overrides)
-  return get_config_with_overrides

@@ -45,7 +45,7 @@ import numpy as np
 from absl import app, flags
 
 from nin_jax import data, files, models, preemption, train
-from nin_jax.placement import Placement, cpu_bfloat16_flags
+from nin_jax.placement import AXIS, Placement, cpu_bfloat16_flags
 
 flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after compilation).")
 flags.DEFINE_string("out", "benchmark.json", "Where to write the table as JSON.")
@@ -125,7 +125,7 @@ def measure(name, steps, microbatch_size=None, profile=False, dtype="float32", b
   if microbatch_size is None:  # micro-batches pay on CPU caches; accelerators want whole batches
     microbatch_size = default_microbatch if jax.devices()[0].platform == "cpu" else 0
   num_devices = jax.local_device_count()
-  model = models.create_model(preset, classes, dtype=dtype)
+  model = models.NIN(num_classes=classes, preset=preset, dtype=dtype)
   model_variables = jax.jit(functools.partial(model.init, train=False))(
       jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
   learning_rate_fn = lambda step: 0.01  # noqa: E731
@@ -141,7 +141,7 @@ def measure(name, steps, microbatch_size=None, profile=False, dtype="float32", b
   on_device = placement.replicate({"image": dataset.x_train, "label": dataset.y_train})
 
   def indices(step):
-    return data.train_indices(dataset, step, batch_size, 0, num_devices, 1, placement)
+    return data.train_indices(dataset, step, batch_size, 0, 1, placement)
 
   constant = placement.shard(indices(0))
 
@@ -161,7 +161,7 @@ def measure(name, steps, microbatch_size=None, profile=False, dtype="float32", b
 
   # The real input path, as train.py runs it: the epoch's indices on the devices, each step
   # picking its row by its step count; gather and augmentation on the device.
-  table = placement.shard(data.epoch_indices(dataset, 0, batch_size, 0, num_devices, 1, placement))
+  table = placement.shard(data.epoch_indices(dataset, 0, batch_size, 0, 1, placement))
   def run_pipeline():
     nonlocal state
     state, metrics = p_train_step(state, on_device, table)
@@ -214,7 +214,7 @@ def measure_streamed(steps, dtype="float32", batch_size=None, microbatch_size=No
     decoded = sum(b["label"].size for b in host_batches)
     decode_rate = decoded / (time.perf_counter() - start)
 
-    model = train.create_model(config, classes)
+    model = models.NIN(num_classes=classes, axis_name=AXIS, **config.model)
     model_variables = jax.jit(functools.partial(model.init, train=False))(
         jax.random.PRNGKey(0), jnp.zeros((1, *shape)))
     learning_rate_fn = lambda step: 0.01  # noqa: E731
@@ -312,7 +312,7 @@ def layer_breakdown(steps):
                    "gflop_per_s": flops / seconds / 1e9})
       x = jax.nn.relu(layer.apply({"params": params}, x))
     if block.pool:
-      x = models.pool(x, block.pool)
+      x = models.POOLS[block.pool](x)
   return rows
 
 
@@ -349,7 +349,7 @@ def measure_sweep(config, runs_at_once):
   config = config.copy_and_resolve_references()
   config.ablation.runs_at_once = 0 if runs_at_once == "auto" else int(runs_at_once)
   per_run, at_once = sweep.placement_of(config.ablation)
-  train._shared.clear()  # every setting compiles for itself, as a fresh launch does
+  train._compiled.clear()  # every setting compiles for itself, as a fresh launch does
   train._on_device.clear()
   data._loaded.clear()
   with tempfile.TemporaryDirectory() as workdir:
@@ -368,7 +368,7 @@ def measure_members(config, counts, steps):
   (`jax.vmap` over the train state and the batch), on one device, for M in `counts`."""
   placement = Placement.local(jax.local_devices()[:1])
   dataset = data.load_dataset(config, placement)
-  model = train.create_model(config, dataset.num_classes)
+  model = models.NIN(num_classes=dataset.num_classes, axis_name=AXIS, **config.model)
   learning_rate_fn = train.create_learning_rate_fn(config.optimizer, 100, 10_000)
   on_device = placement.replicate({"image": dataset.x_train, "label": dataset.y_train})
   static = dict(model=model, learning_rate_fn=learning_rate_fn, augment_config=config.augment,
@@ -385,7 +385,7 @@ def measure_members(config, counts, steps):
   rows = []
   for count in counts:
     states = [state(seed) for seed in range(count)]
-    batches = [data.train_indices(dataset, 0, config.batch_size, seed, 1, 1, placement)
+    batches = [data.train_indices(dataset, 0, config.batch_size, seed, 1, placement)
                for seed in range(count)]
     if count == 1:  # the plain step, as a run trains
       step, current = placement.map(train.train_step, **static), states[0]

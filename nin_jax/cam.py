@@ -16,7 +16,7 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from nin_jax import checkpointing, data, files, streaming, train
+from nin_jax import checkpointing, data, files, models, streaming
 from nin_jax.errors import ConfigError, NinError
 from nin_jax.placement import Placement
 
@@ -77,11 +77,11 @@ def write_figure(run_dir, num_images, out):
     raise ConfigError(f"{run_dir} holds no readable config.json: give one run's folder, such as "
                       "<sweep workdir>/gap/seed_0")
   config = ml_collections.ConfigDict(saved)
-  if config.model.head != "gap":
+  if not models.HEADS[config.model.head].class_maps:
     raise ConfigError(f"class activation maps need a GAP model; {run_dir} has head "
                       f"{config.model.head!r}")
   dataset = data.load_dataset(config)
-  model = train.create_model(config, dataset.num_classes)
+  model = models.NIN(num_classes=dataset.num_classes, **config.model)
   try:
     model_variables = checkpointing.restore_variables(run_dir)
   except FileNotFoundError as e:

@@ -5,7 +5,6 @@ step and the base RNG key. The data position needs no entry of its own: the batc
 function of (seed, step) (see data.train_indices).
 """
 import asyncio
-import dataclasses
 import logging
 import sys
 import threading
@@ -16,6 +15,7 @@ from absl import logging as absl_logging
 from etils import epath
 
 from nin_jax import files
+from nin_jax import placement as placement_lib
 from nin_jax.errors import CheckpointError
 
 
@@ -52,7 +52,7 @@ def quiet_orbax_logs():
 def create_manager(workdir, *, every_steps: int, keep: int, placement=None,
                    record: dict | None = None) -> ocp.CheckpointManager:
   """Orbax's manager for `<workdir>/checkpoints`. A run placed on one host's devices
-  (`placement.is_placed`) in a multi-process job is written by this process alone: orbax's
+  (`placement.is_local`) in a multi-process job is written by this process alone: orbax's
   barriers then span this process only, under a key of the run's own. `record` (JSON-able: what
   trained the run, {"config": ..., "dataset": ...}) is written into every checkpoint's metadata
   (orbax's per-step custom metadata); `recorded` reads it back."""
@@ -60,7 +60,7 @@ def create_manager(workdir, *, every_steps: int, keep: int, placement=None,
   # cleanup_tmp_directories: a write cut short by a kill leaves a tmp folder; drop it at start.
   directory = epath.Path(workdir) / "checkpoints"
   kwargs, registry = dict(create=True), None
-  if placement is not None and placement.is_placed and jax.process_count() > 1:
+  if placement is not None and placement.is_local and jax.process_count() > 1:
     directory.mkdir(parents=True, exist_ok=True)  # orbax's create=True needs every process
     me = jax.process_index()
     _signal_keys_of_this_process(me)
@@ -75,10 +75,10 @@ def create_manager(workdir, *, every_steps: int, keep: int, placement=None,
   options = ocp.CheckpointManagerOptions(
       save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(every_steps),
       max_to_keep=keep, cleanup_tmp_directories=True, **kwargs)
-  is_placed = bool(placement is not None and placement.is_placed)
-  manager = (_PlacedManager if is_placed else ocp.CheckpointManager)(
+  is_local = bool(placement is not None and placement.is_local)
+  manager = (_LocalRunManager if is_local else ocp.CheckpointManager)(
       directory, options=options, handler_registry=registry)
-  manager.is_placed = is_placed
+  manager.is_local = is_local
   manager.record = record
   return manager
 
@@ -108,7 +108,7 @@ def recorded(workdir) -> tuple[int, dict] | None:
     manager.close()
 
 
-class _PlacedManager(ocp.CheckpointManager):
+class _LocalRunManager(ocp.CheckpointManager):
   """The manager of a run placed on some devices of one host. Orbax's own manager asks JAX's
   preemption service at every save decision whether the hosts reached a preemption sync point,
   with the step of the run asking; several runs of a sweep, at different steps, would then feed
@@ -193,8 +193,6 @@ def restore_latest(manager: ocp.CheckpointManager, state, workdir):
   and moved to `<workdir>/damaged_checkpoints/` so that its step can be written again; the next
   older one is tried. Returns `state` itself only when there is no checkpoint at all: with
   checkpoints present but none readable, it raises rather than silently start from scratch.
-  Checkpoints written before TrainState had `model_state` restore into a state whose
-  `model_state` is empty (a model without BatchNorm); see _restore.
   """
   steps = sorted(manager.all_steps(), reverse=True)
   damaged = []
@@ -202,7 +200,7 @@ def restore_latest(manager: ocp.CheckpointManager, state, workdir):
     state = jax.device_get(state)
   for step in steps:
     try:
-      restored = _restore(manager, step, state)
+      restored = manager.restore(step, args=ocp.args.StandardRestore(state))
     except Exception as e:  # orbax/tensorstore raise many types for damaged files
       logging.warning("Checkpoint step %d in %s is unreadable, skipped (%s: %s)", step,
                       manager.directory, type(e).__name__, str(e).splitlines()[0][:200])
@@ -218,35 +216,8 @@ def restore_latest(manager: ocp.CheckpointManager, state, workdir):
   return state
 
 
-def _restore(manager, step, state):
-  """`state` (a train state dataclass) restored from checkpoint `step`.
-
-  A checkpoint written before a field was added to the train state lacks that field. When the
-  field is empty in `state` (TrainState.model_state of a model without BatchNorm: {}), the other
-  fields are restored and it keeps its empty value; orbax itself refuses the differing trees.
-  """
-  saved = _saved_fields(manager, step)
-  fields = [f.name for f in dataclasses.fields(state)]
-  absent = [name for name in fields if saved is not None and name not in saved]
-  if not absent or any(jax.tree.leaves(getattr(state, name)) for name in absent):
-    return manager.restore(step, args=ocp.args.StandardRestore(state))
-  target = {name: getattr(state, name) for name in fields if name not in absent}
-  return state.replace(**manager.restore(step, args=ocp.args.StandardRestore(target)))
-
-
-def _saved_fields(manager, step):
-  """The top-level names in checkpoint `step`'s tree, or None where its metadata is unreadable
-  (the restore then fails, and says why)."""
-  try:
-    metadata = ocp.StandardCheckpointHandler().metadata(
-        epath.Path(manager.directory) / str(step) / "default")
-    return set(metadata.tree)
-  except Exception:  # noqa: BLE001 -- a damaged checkpoint: its restore reports it
-    return None
-
-
 def _move_aside(manager, steps, destination):
-  if jax.process_index() == 0 or getattr(manager, "is_placed", False):
+  if jax.process_index() == 0 or getattr(manager, "is_local", False):
     destination.mkdir(parents=True, exist_ok=True)
     for step in steps:
       (epath.Path(manager.directory) / str(step)).rename(destination / f"step_{step}")
@@ -275,9 +246,8 @@ def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = Fals
     # parameters and momentum).
     state = jax.device_get(state)
   elif jax.process_count() > 1:
-    # pmap's replicated outputs live on this host's devices only; orbax writes global arrays.
-    state = jax.tree.map(ocp.utils.fully_replicated_host_local_array_to_global_array, state)
-  if not getattr(manager, "is_placed", False):
+    state = placement_lib.to_global(state)  # orbax writes global arrays
+  if not getattr(manager, "is_local", False):
     try:
       return manager.save(step, args=ocp.args.StandardSave(state), force=force,
                           custom_metadata=getattr(manager, "record", None))
@@ -301,7 +271,7 @@ _placed_writes = threading.Lock()
 
 def _host_local(manager):
   """Whether `manager` belongs to a run placed on this host's devices in a multi-process job."""
-  return getattr(manager, "is_placed", False) and jax.process_count() > 1
+  return getattr(manager, "is_local", False) and jax.process_count() > 1
 
 
 def finish(manager: ocp.CheckpointManager):
@@ -343,8 +313,7 @@ def restore_params(workdir):
 
 def restore_variables(workdir):
   """The model's variables in the latest checkpoint in `workdir`, as model.apply takes them:
-  {"params": ..., **model_state} ("batch_stats" too for a model with BatchNorm; a checkpoint
-  written before the train state had a model state gives params alone). Raises
+  {"params": ..., **model_state} ("batch_stats" too for a model with BatchNorm). Raises
   FileNotFoundError when there is no checkpoint."""
   manager = ocp.CheckpointManager(epath.Path(workdir) / "checkpoints",
                                   item_handlers=ocp.StandardCheckpointHandler())
@@ -357,7 +326,7 @@ def restore_variables(workdir):
     target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                           manager.item_metadata(step))
     restored = manager.restore(step, args=ocp.args.StandardRestore(target))
-    return {"params": restored["params"], **restored.get("model_state", {})}
+    return {"params": restored["params"], **restored["model_state"]}
   finally:
     manager.close()
 

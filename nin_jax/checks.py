@@ -1,5 +1,6 @@
-"""Checks a config before anything is compiled or written; each problem is one ConfigError line
+"""Config checks: a run's config before anything is compiled or written; each problem is one ConfigError line
 that names the field and says how to fix it."""
+import functools
 import logging
 import math
 import numbers
@@ -11,7 +12,7 @@ import ml_collections
 import numpy as np
 from ml_collections.config_flags import config_path
 
-from nin_jax import data, models, streaming
+from nin_jax import config_string, data, models, streaming
 from nin_jax import placement as placement_lib
 from nin_jax.errors import ConfigError
 
@@ -31,21 +32,15 @@ def _require(condition, message):
 
 
 def _choice(config, key, choices):
-  value = _get(config, key)
-  _require(value in choices, f"--config.{key}={value!r} is not one of {list(choices)}")
-
-
-def _get(config, key):
-  node = config
-  for part in key.split("."):
-    node = node[part]
-  return node
+  value = config_string.get(config, key)
+  _require(value in choices or value is None and config_string.get(_defaults(), key) is None,
+           f"--config.{key}={value!r} is not one of {list(choices)}")
 
 
 def _positive(config, *keys):
   """After check_fields: the numbers `keys` name must also be > 0."""
   for key in keys:
-    _require(_get(config, key) > 0, f"--config.{key}={_get(config, key)} must be > 0")
+    _require(config_string.get(config, key) > 0, f"--config.{key}={config_string.get(config, key)} must be > 0")
 
 
 def _describe(kind):
@@ -67,6 +62,13 @@ def _of_type(value, kind) -> bool:
   return isinstance(value, kind)
 
 
+@functools.cache
+def _defaults():
+  """experiments/default.py's config, which every config file builds on: the fields' types."""
+  from experiments import default  # nin_jax is imported by the configs, not the other way round
+  return default.get_config()
+
+
 def check_fields(config):
   """Raises ConfigError unless every field of `config` is a field of experiments/default.py's
   config, of the type its default has there (a placeholder's declared type; None only where the
@@ -74,15 +76,14 @@ def check_fields(config):
   tuple's elements: by its own check in validate()) and, for an integer, at most MAX_INT.
   Sections named in NOT_TRAINING are skipped. Narrower ranges are validate()'s; this comes
   first, so that they compare numbers with numbers."""
-  from experiments import default  # the config every config file builds on: the fields' types
-  defaults = default.get_config()
-  known = list(default.field_paths(defaults))
-  for key in default.field_paths(config):
+  defaults = _defaults()
+  known = list(config_string.field_paths(defaults))
+  for key in config_string.field_paths(config):
     if key.split(".")[0] in NOT_TRAINING:
       continue
     value = config_path.get_value(key, config)
     if key not in known:
-      close = default.nearest_field(key, known)
+      close = config_string.nearest_field(key, known)
       raise ConfigError(f"--config.{key} is not a nin-jax config field" +
                         (f"; did you mean {close}?" if close else
                          " (experiments/default.py lists them all); remove it"))
@@ -90,7 +91,7 @@ def check_fields(config):
     if issubclass(kind, ml_collections.ConfigDict):
       _require(isinstance(value, ml_collections.ConfigDict),
                f"--config.{key}={value!r} replaces a section of the config; set its fields, "
-               f"such as --config.{default.first_field(key, known)}")
+               f"such as --config.{config_string.first_field(key, known)}")
       continue
     if value is None and config_path.get_value(key, defaults) is None:
       continue  # unset: the preset's or the default's choice
@@ -116,12 +117,9 @@ def validate(config, num_devices: int | None = None):
            f"--config.dataset={config.dataset!r} is not one of {list(data.SOURCES)} (or a TFDS "
            "config of a streamed one, such as imagenette/320px-v2)")
   _choice(config, "preprocess", data.PREPROCESSORS)
-  _choice(config, "model.preset", models.PRESETS)
-  _choice(config, "model.head", models.HEADS)
-  _choice(config, "model.norm", models.NORMS)
-  _choice(config, "model.precision", tuple(models.PRECISIONS))
+  for field, table in models.CHOICES.items():
+    _choice(config, f"model.{field}", table)
   _choice(config, "optimizer.schedule", SCHEDULES)
-  _choice(config, "model.dtype", models.DTYPES)
   _positive(config, "batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
             "checkpoint_every_steps", "keep_checkpoints", "optimizer.learning_rate",
             "model.init_stddev", "optimizer.decay_factor")
@@ -177,13 +175,13 @@ def validate(config, num_devices: int | None = None):
   _choice(config, "streaming.crop", streaming.CROPS)
   _positive(config, "streaming.image_size", "streaming.shuffle_buffer")
   for key in ("streaming.min_area", "streaming.eval_crop_fraction"):
-    _require(0 < _get(config, key) <= 1, f"--config.{key}={_get(config, key)} must be in (0, 1]")
+    _require(0 < config_string.get(config, key) <= 1, f"--config.{key}={config_string.get(config, key)} must be in (0, 1]")
   if data.is_streamed(config.dataset):
     _streaming(config)
   devices = num_devices or jax.device_count()
   for key in ("batch_size", "eval_batch_size"):
-    _require(_get(config, key) % devices == 0,
-             f"--config.{key}={_get(config, key)} does not divide by the {devices} devices; "
+    _require(config_string.get(config, key) % devices == 0,
+             f"--config.{key}={config_string.get(config, key)} does not divide by the {devices} devices; "
              f"use a multiple of {devices}")
   image_shape = data.image_shape(config)
   if image_shape:  # npz files are checked once loaded
@@ -216,8 +214,7 @@ def _streaming(config):
 
 
 def _model(config):
-  from nin_jax import train  # train imports this module
-  return train.create_model(config, num_classes=10)  # spatial sizes do not depend on classes
+  return models.NIN(num_classes=10, **config.model)  # spatial sizes do not depend on classes
 
 
 def block_shapes(model, image_shape):
@@ -301,9 +298,6 @@ def validate_ablation(config):
   """Checks the `ablation` section of a sweep config."""
   ablation = config.ablation
   local = jax.local_device_count()
-  with ablation.unlocked():  # ablation sections written before these fields existed
-    ablation.devices_per_run = ablation.get("devices_per_run", 0)
-    ablation.runs_at_once = ablation.get("runs_at_once", 0)
   for key in ("num_seeds", "devices_per_run", "runs_at_once"):
     _require(_of_type(ablation[key], int) and 0 <= ablation[key] <= MAX_INT,
              f"--config.ablation.{key}={ablation[key]!r} must be an integer >= 0")
@@ -316,18 +310,9 @@ def validate_ablation(config):
            f"--config.seed={config.seed!r}: a sweep's first seed must be an integer from 0 to "
            f"{MAX_INT - ablation.num_seeds + 1:,} (its runs take it and the "
            f"--config.ablation.num_seeds - 1 = {ablation.num_seeds - 1} after it)")
-  if ablation.get("arms"):
-    _require(all(isinstance(arm, (tuple, list)) and len(arm) == 2 and isinstance(arm[0], str)
-                 and all(isinstance(o, (tuple, list)) and len(o) == 2 and isinstance(o[0], str)
-                         for o in arm[1]) for arm in ablation.arms),
-             "--config.ablation.arms must be ((name, ((dotted field, value), ...)), ...); write "
-             "it with experiments/default.py's ablation({name: {field: value}}, num_seeds)")
-    return  # names and the fields the arms set: sweep.arms and sweep.expand, before any run
-  _require("field" in ablation and "arm_values" in ablation,
-           "the ablation section needs `arms` ({name: {field: value}}) or `field` and "
-           "`arm_values` (experiments/default.py's ablation() writes either)")
-  _require(len(ablation.arm_values) >= 1, "--config.ablation.arm_values is empty")
-  try:
-    _get(config, ablation.field)
-  except (KeyError, AttributeError):
-    raise ConfigError(f"--config.ablation.field={ablation.field!r} names no config field") from None
+  _require(all(isinstance(arm, (tuple, list)) and len(arm) == 2 and isinstance(arm[0], str)
+               and all(isinstance(o, (tuple, list)) and len(o) == 2 and isinstance(o[0], str)
+                       for o in arm[1]) for arm in ablation.arms) and len(ablation.arms) >= 1,
+           "--config.ablation.arms must be ((name, ((dotted field, value), ...)), ...); write "
+           "it with experiments/default.py's ablation({name: {field: value}}, num_seeds)")
+  # the arms' names and the fields they set: sweep.arms and sweep.expand, before any run

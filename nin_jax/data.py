@@ -34,7 +34,8 @@ import numpy as np
 from etils import epath
 
 from nin_jax import files
-from nin_jax.placement import Placement
+from nin_jax import placement as placement_lib
+from nin_jax.placement import Placement, part_bounds, steps_per_epoch
 from nin_jax.errors import ConfigError, DataError
 
 # Image shapes (H, W, C) as TFDS stores them, to check a config before anything is loaded.
@@ -86,28 +87,21 @@ class Dataset:
     per_host = batch_size // placement.process_count
     total = self.num_test_examples if split == "test" else self.num_validation_examples
     return eval_indices(self.num_local(split), per_host,
-                        num_eval_batches(total, per_host, placement), len(placement.local_devices))
+                        placement.num_eval_batches(total, per_host), placement)
 
 
 # ----------------------------------------------------------------------------------------------
 # Sources: each returns this host's shard as a Dataset of uint8 images and integer labels.
 # ----------------------------------------------------------------------------------------------
 
-def part_bounds(num_examples, num_parts, part):
-  """[start, end) of part `part` when `num_examples` are cut into `num_parts` contiguous parts."""
-  return num_examples * part // num_parts, num_examples * (part + 1) // num_parts
 
 
-def host_range(num_examples, placement: Placement | None = None):
-  """The contiguous slice of a split that this host loads for a run placed as `placement`."""
-  placement = placement or Placement.everywhere()
-  return part_bounds(num_examples, placement.process_count, placement.process_index)
 
 
 def _sharded(x_train, y_train, x_test, y_test, num_classes, placement):
   """A Dataset of this host's shard of whole arrays."""
-  train = slice(*host_range(len(x_train), placement))
-  test = slice(*host_range(len(x_test), placement))
+  train = slice(*(placement or Placement.everywhere()).host_range(len(x_train)))
+  test = slice(*(placement or Placement.everywhere()).host_range(len(x_test)))
   return Dataset(x_train[train], y_train[train].astype(np.int32), x_test[test],
                  y_test[test].astype(np.int32), num_classes, len(x_train), len(x_test))
 
@@ -136,25 +130,6 @@ def image_shape(config):
 
 
 @functools.cache
-def tensorflow():
-  """TensorFlow, which feeds the input pipeline only, hidden from accelerators: their memory is
-  JAX's. The TFDS and streamed sources call it before they use TensorFlow, and
-  files.check_reachable before a gs:// path is touched (etils.epath opens gs:// through
-  TensorFlow), which launch.py does for every path it is given. A few other imports of TensorFlow
-  (an npz on gs:// reached from Python, local_tfds) do not start its runtime, so this still hides
-  the accelerators when it is called later.
-  Runs on digits, npz or synthetic data on local disks never import it: the import alone took
-  12 s of a launch on this project's 2-core machines (measured).
-  tensorflow-cpu sees none anyway; a full tensorflow install would take GPU memory."""
-  import tensorflow as tf
-  try:
-    tf.config.set_visible_devices([], "GPU")
-    tf.config.set_visible_devices([], "TPU")
-  except (RuntimeError, ValueError):  # TF already initialised its devices, or has no such kind
-    pass
-  return tf
-
-
 def tfds_builder(name, data_dir, download):
   """The TFDS builder of dataset `name`, prepared in `data_dir` (downloaded first when `download`
   allows). Raises DataError (one line: the dataset, the data_dir and the fixes) when data_dir does
@@ -162,7 +137,7 @@ def tfds_builder(name, data_dir, download):
   files.check_reachable(data_dir, "--config.data_dir")  # before the 12 s of importing TensorFlow
   if data_dir and not _exists(data_dir):
     raise DataError(f"data_dir {data_dir!r} does not exist; create it, or fix --config.data_dir")
-  tensorflow()  # before TFDS imports it
+  files.tensorflow()  # before TFDS imports it
   import tensorflow_datasets as tfds  # heavy, and only the TFDS sources need it
   try:
     builder = tfds.builder(name, data_dir=data_dir)
@@ -217,7 +192,7 @@ def load_tfds(name, data_dir, download, placement=None):
   splits = builder.info.splits
 
   def split(part):  # this host's share of the split only
-    start, end = host_range(splits[part].num_examples, placement)
+    start, end = (placement or Placement.everywhere()).host_range(splits[part].num_examples)
     try:
       return tfds.as_numpy(builder.as_dataset(
           split=f"{part}[{start}:{end}]", batch_size=-1, as_supervised=True))
@@ -432,9 +407,8 @@ def sum_over_hosts(arrays, placement=None):
   """Sums a list of numpy arrays over the run's hosts (identity on one host)."""
   if (placement or Placement.everywhere()).process_count == 1:
     return arrays
-  from jax.experimental import multihost_utils
-  gathered = multihost_utils.process_allgather([a.astype(np.float32) for a in arrays])
-  return [np.asarray(g, np.float64).sum(axis=0) for g in gathered]
+  gathered = placement_lib.from_every_host([a.astype(np.float32) for a in arrays])
+  return [g.astype(np.float64).sum(axis=0) for g in gathered]
 
 
 def fit_mean_std(x_train, placement=None):
@@ -458,7 +432,7 @@ def check_fits(config, image_shape):
   """Refuses GCN + ZCA on images of more than MAX_ZCA_DIMENSIONS values (see there why), and a
   crop padding of the image's side or more (a crop could miss the image entirely; a huge one
   took all memory padding each batch). `image_shape`: (height, width, channels). Called before
-  anything is compiled (validation.validate), and by `_load` once npz images are known."""
+  anything is compiled (checks.validate), and by `_load` once npz images are known."""
   side = min(image_shape[:2])
   if config.augment.crop_padding >= side:
     raise ConfigError(f"--config.augment.crop_padding={config.augment.crop_padding} must be "
@@ -516,7 +490,8 @@ def load_dataset(config, placement: Placement | None = None) -> Dataset:
   placement = placement or Placement.everywhere()
   if is_streamed(config.dataset):  # opened, not loaded: nothing to keep
     from nin_jax import streaming
-    return streaming.open_dataset(config, placement)
+    return streaming.open_dataset(
+        tfds_builder(config.dataset, config.data_dir, config.download), config, placement)
   key = json.dumps([config.to_dict().get(k) for k in DATA_FIELDS] + [
       placement.process_index, placement.process_count], default=str)
   with _loading:
@@ -559,7 +534,7 @@ def hold_out_validation(raw: Dataset, num_validation: int, placement: Placement)
   train, validation = np.sort(train), np.sort(validation)  # the training order stays the source's
   held_out = _sharded(raw.x_train[train], raw.y_train[train], raw.x_test, raw.y_test,
                       raw.num_classes, placement)
-  part = slice(*host_range(num_validation, placement))
+  part = slice(*(placement or Placement.everywhere()).host_range(num_validation))
   return dataclasses.replace(
       held_out, x_validation=raw.x_train[validation][part],
       y_validation=raw.y_train[validation][part].astype(np.int32),
@@ -606,27 +581,10 @@ def _load_source(config, placement):
 # Batches: example indices into the device-resident dataset, shape [local_devices, per_device].
 # ----------------------------------------------------------------------------------------------
 
-def _per_device(array, num_devices):
-  return array.reshape(num_devices, -1, *array.shape[1:])
 
 
-def num_parts(data_shards, placement: Placement):
-  """Parts of the training order: `data_shards`, or one per host of the run when 0."""
-  parts = data_shards or placement.process_count
-  if parts % placement.process_count:
-    raise ConfigError(f"--config.data_shards={parts} must be a multiple of the "
-                      f"{placement.process_count} hosts")
-  return parts
 
 
-def steps_per_epoch(num_examples, batch_size, parts):
-  """Steps that take every part's share of each batch without repeating an example."""
-  if batch_size % parts:
-    raise ConfigError(f"--config.batch_size={batch_size} must divide by the {parts} data parts "
-                      "(--config.data_shards)")
-  smallest = min(end - start for start, end in
-                 (part_bounds(num_examples, parts, p) for p in range(parts)))
-  return smallest // (batch_size // parts)
 
 
 @functools.lru_cache(maxsize=8)
@@ -637,8 +595,8 @@ def _epoch_order(seed, epoch, part, size):
   return order
 
 
-def train_indices(dataset, step, batch_size, seed, num_devices, parts, placement: Placement):
-  """{"index": int32 [num_devices, batch_size / parts * parts_per_host / num_devices]}: the rows of
+def train_indices(dataset, step, batch_size, seed, parts, placement: Placement):
+  """{"index": int32 [local devices, batch_size / parts * parts_per_host / local devices]}: the rows of
   this host's shard (`dataset.x_train`) that make its share of the global batch of step `step`
   (`batch_size` is the global batch).
 
@@ -648,7 +606,7 @@ def train_indices(dataset, step, batch_size, seed, num_devices, parts, placement
   """
   per_part = batch_size // parts
   epoch, index = divmod(step, steps_per_epoch(dataset.num_train_examples, batch_size, parts))
-  host_start = host_range(dataset.num_train_examples, placement)[0]
+  host_start = placement.host_range(dataset.num_train_examples)[0]
   parts_per_host = parts // placement.process_count
   rows = []
   for part in range(placement.process_index * parts_per_host,
@@ -657,27 +615,23 @@ def train_indices(dataset, step, batch_size, seed, num_devices, parts, placement
     order = _epoch_order(seed, epoch, part, end - start)
     chosen = np.sort(order[index * per_part:(index + 1) * per_part])  # sorted: faster gather
     rows.append(chosen + start - host_start)
-  return {"index": _per_device(np.concatenate(rows).astype(np.int32), num_devices)}
+  return {"index": placement.per_device(np.concatenate(rows).astype(np.int32))}
 
 
-def epoch_indices(dataset, epoch, batch_size, seed, num_devices, parts, placement: Placement):
-  """{"index": int32 [num_devices, steps_per_epoch, per_device]}: `train_indices` of every step of
+def epoch_indices(dataset, epoch, batch_size, seed, parts, placement: Placement):
+  """{"index": int32 [local devices, steps_per_epoch, per_device]}: `train_indices` of every step of
   epoch `epoch`, put on the devices once per epoch. The train step picks its row by its own step
   count, so no host array is handed to a step: on 2 CPU cores a step that received a fresh host
-  array ran 1.5x slower beside two other runs (measured, README.md "Sweeps on one machine")."""
+  array ran 1.5x slower beside two other runs (measured, docs/training.md, "Data on the device")."""
   steps = steps_per_epoch(dataset.num_train_examples, batch_size, parts)
-  rows = [train_indices(dataset, step, batch_size, seed, num_devices, parts, placement)["index"]
+  rows = [train_indices(dataset, step, batch_size, seed, parts, placement)["index"]
           for step in range(epoch * steps, (epoch + 1) * steps)]
   return {"index": np.stack(rows, axis=1)}
 
 
-def num_eval_batches(num_examples, per_host, placement: Placement) -> int:
-  """Batches of `per_host` that every host runs over a split of `num_examples` (over all hosts):
-  the same number on each (collectives need it), enough for the largest host's share."""
-  return math.ceil(math.ceil(num_examples / placement.process_count) / per_host)
 
 
-def eval_indices(num_examples, batch_size, num_batches, num_devices):
+def eval_indices(num_examples, batch_size, num_batches, placement: Placement):
   """Fixed-size batches of indices 0 .. num_examples - 1 (this host's test shard), padded at the
   end; `mask` marks the real examples.
 
@@ -692,8 +646,8 @@ def eval_indices(num_examples, batch_size, num_batches, num_devices):
   mask = (np.arange(padded) < num_examples).astype(np.float32)
   for i in range(num_batches):
     part = slice(i * batch_size, (i + 1) * batch_size)
-    yield {"index": _per_device(index[part], num_devices),
-           "mask": _per_device(mask[part], num_devices)}
+    yield {"index": placement.per_device(index[part]),
+           "mask": placement.per_device(mask[part])}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -40,3 +40,8 @@ class CheckpointError(NinError, RuntimeError):
 
 class StorageError(NinError, OSError):
   """A file or checkpoint could not be written (disk full, no permission, unreachable store)."""
+
+
+def one_line(error: BaseException, limit: int | None = 300) -> str:
+  """An exception's text on one line (whitespace collapsed), cut to `limit` characters."""
+  return " ".join(str(error).split())[:limit]

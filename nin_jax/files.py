@@ -23,12 +23,26 @@ import uuid
 
 from etils import epath
 
-from nin_jax.errors import ConfigError, StorageError
+from nin_jax.errors import ConfigError, StorageError, one_line  # noqa: F401 -- files.one_line
 
 
-def one_line(error: BaseException, limit: int | None = 300) -> str:
-  """An exception's text on one line (whitespace collapsed), cut to `limit` characters."""
-  return " ".join(str(error).split())[:limit]
+def tensorflow():
+  """TensorFlow, which feeds the input pipeline only, hidden from accelerators: their memory is
+  JAX's. The TFDS and streamed sources call it before they use TensorFlow, and
+  files.check_reachable before a gs:// path is touched (etils.epath opens gs:// through
+  TensorFlow), which launch.py does for every path it is given. A few other imports of TensorFlow
+  (an npz on gs:// reached from Python, local_tfds) do not start its runtime, so this still hides
+  the accelerators when it is called later.
+  Runs on digits, npz or synthetic data on local disks never import it: the import alone took
+  12 s of a launch on this project's 2-core machines (measured).
+  tensorflow-cpu sees none anyway; a full tensorflow install would take GPU memory."""
+  import tensorflow as tf
+  try:
+    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "TPU")
+  except (RuntimeError, ValueError):  # TF already initialised its devices, or has no such kind
+    pass
+  return tf
 
 
 def is_remote(path) -> bool:
@@ -87,8 +101,7 @@ def check_reachable(path, flag: str):
   """
   if not path or not is_remote(path):
     return
-  from nin_jax import data  # TensorFlow hidden from accelerators before epath imports it
-  data.tensorflow()
+  tensorflow()  # hidden from accelerators before epath imports it
   scheme, _, rest = os.fspath(path).partition("://")
   if scheme != "gs":  # TensorFlow's file systems, under etils.epath, read Google Cloud Storage
     raise ConfigError(f"{flag}={path}: nin-jax reads local paths and gs:// (Google Cloud "

@@ -4,7 +4,7 @@ The streamed datasets (imagenet2012, imagenette) cannot be downloaded here; this
 them under its real name into a data_dir, through TFDS's own builder (a subclass of the real one
 with its downloads replaced), so `tfds.builder(name, data_dir=...)` and everything after it run
 exactly as on the real data: the tests, the benchmark's input row, and a first try of the
-pipeline (README.md, "ImageNet-scale data").
+pipeline (docs/imagenet.md).
 
 Images: JPEGs of varying sizes, as ImageNet's are, with grayscale and CMYK ones among them (ImageNet
 holds both; TFDS's imagenet2012 builder converts its 22 CMYK files, other copies may not). Each

@@ -101,6 +101,16 @@ class MetricsWriter:
     self.close()
 
 
+DIVERGED_FILE = "diverged.json"
+
+
+def diverged(run_dir) -> dict | None:
+  """The record of a run of a sweep whose training diverged (`DivergedError`: a NaN or Inf loss,
+  or the loss stuck at ln C): {"step", "loss", "reason", "message"}; None for any other run."""
+  record = files.read_json(epath.Path(run_dir) / DIVERGED_FILE, "diverged-run record")
+  return record if isinstance(record, dict) and "step" in record else None
+
+
 def read(workdir) -> list[dict]:
   """The records of `workdir/metrics.jsonl`, oldest first; [] when there is none.
 

@@ -11,8 +11,12 @@ last 1 x 1 layer of the last block (the class-map layer, which only a GAP head n
 flattens the remaining feature maps (8 x 8 x 192 for `nin_cifar`) and maps them to logits with
 dense layer(s); `fc_dropout` applies dropout 0.5 before each dense layer.
 
-Architectures are data (`BlockSpec` tuples in `PRESETS`), so a config picks one by name and the
-ablations change a field, not the code. Parameter counts: see README.md and tests/models_test.py.
+The ablation axes are data, declared once here: architectures (`BlockSpec` tuples in `PRESETS`),
+heads (`HEADS`), normalisations (`NORMS`), pools (`POOLS`), compute dtypes and precisions.
+`CHOICES` maps each `NIN` field that picks from a table to its table: the config checks take the
+allowed values from there, and `config.model` is `NIN`'s own fields (experiments/default.py
+builds it from them), so a model is `NIN(num_classes=..., **config.model)` and a new axis is a
+field and a table here plus a line in a config. Parameter counts: tests/models_test.py.
 
 Normalisation (`norm`): "none" is the paper. "batch" puts BatchNorm between every convolution and
 its ReLU -- the k x k conv, each 1 x 1 cccp layer and the class-map layer too -- and between each
@@ -36,10 +40,30 @@ from jax import lax
 
 from nin_jax.errors import ConfigError
 
-HEADS = ("gap", "fc", "fc_dropout")
-NORMS = ("none", "batch")  # the paper | BatchNorm before each ReLU (see the module docstring)
+
+
+@dataclasses.dataclass(frozen=True)
+class Head:
+  """How the last block's output becomes logits.
+
+  class_maps: the GAP head: the last layer emits one map per class (the class-map layer, named
+    `classifier`) and a class's score is its map's spatial mean; no parameters of its own.
+    Otherwise an FC head: the body does without the class-map layer, and the remaining feature
+    maps are flattened into dense layers (`fc_hidden`, then `classifier`).
+  dropout: the rate of the dropout before each dense layer of an FC head (0: none).
+  """
+  class_maps: bool
+  dropout: float = 0.0
+
+
+# The paper's section 4.6 compares these three on the same mlpconv body (NIN_REFERENCE.md).
+HEADS = {"gap": Head(class_maps=True), "fc": Head(class_maps=False),
+         "fc_dropout": Head(class_maps=False, dropout=0.5)}
+# The paper | BatchNorm before each ReLU (see the module docstring): momentum 0.9, epsilon 1e-5.
+NORMS = {"none": None,
+         "batch": functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=jnp.float32)}
 # Compute dtypes (`NIN.dtype`); parameters, logits and the loss are float32 with either.
-DTYPES = ("float32", "bfloat16")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The precision of every convolution and matmul with float32 operands (`NIN.precision`), named as
 # JAX's jax_default_matmul_precision names them. JAX's own default (lax.Precision.DEFAULT) is not
 # float32 on accelerators: one bfloat16 pass on TPU, TensorFloat-32 on NVIDIA GPUs since Ampere;
@@ -114,7 +138,7 @@ def max_pool(x):
   """3 x 3 stride-2 ceil-mode max pooling; the same function and gradient as nn.max_pool.
 
   Why not nn.max_pool: XLA on CPU differentiates it with a reduce-window over (value, index)
-  pairs, which took a fifth of the CIFAR train step (README.md, "Speed"). A 3 x 3 max is a max
+  pairs, which took a fifth of the CIFAR train step (docs/speed.md). A 3 x 3 max is a max
   over 3 columns, then over 3 rows; each 1-D pool routes its gradient to the first maximum with
   three strided compares (forward and backward of a 16 x 32 x 32 x 96 batch: 36 ms -> 5 ms).
   Columns first, so that ties go where XLA sends them (the first maximum in row-major window
@@ -157,13 +181,15 @@ def _max_pool_1d_backward(axis, residuals, dy):
 _max_pool_1d.defvjp(_max_pool_1d_forward, _max_pool_1d_backward)
 
 
-def pool(x, kind: str):
-  if kind == "max":
-    return max_pool(x)
+def avg_pool(x):
+  """3 x 3 stride-2 ceil-mode average pooling, as Caffe's: divided by the window clipped to the
+  padded input, not by the padding (count_include_pad=False is the closest flax equivalent)."""
   padding = (_ceil_pool_padding(x.shape[1]), _ceil_pool_padding(x.shape[2]))
-  # Caffe's ceil-mode average divides by the window clipped to the padded input, not by the
-  # padding; count_include_pad=False is the closest flax equivalent.
   return nn.avg_pool(x, (3, 3), (2, 2), padding, count_include_pad=False)
+
+
+# A block's `pool`: x [N, H, W, C] -> [N, ceil((H - 3) / 2) + 1, ..., C].
+POOLS = {"max": max_pool, "avg": avg_pool}
 
 
 def _cast_operands(inputs, kernel, bias, *, dtype):
@@ -203,7 +229,7 @@ def layer_options(dtype, precision: str = "float32") -> dict:
   gradient is cast to bfloat16 once, where it enters the convolution's two backward ops, which
   then run in bfloat16 too. Why not flax's all-bfloat16 layers (bias, ReLU and pools in
   bfloat16): their bias and ReLU gradients became float32 <-> bfloat16 conversions, 19% of the
-  CIFAR step's op time on a CPU, 1.2-1.3x slower (README.md, "Mixed precision").
+  CIFAR step's op time on a CPU, 1.2-1.3x slower (docs/mixed_precision.md).
   """
   if jnp.dtype(dtype) == jnp.float32:
     return {"dtype": jnp.float32, "precision": PRECISIONS[precision]}
@@ -212,17 +238,17 @@ def layer_options(dtype, precision: str = "float32") -> dict:
 
 
 def normalise(x, norm: str, *, train: bool, axis_name: str | None, name: str):
-  """`x` [..., channels] as `norm` says: itself for "none"; for "batch", nn.BatchNorm over all
+  """`x` [..., channels] as NORMS[norm] says: itself for "none"; for "batch", BatchNorm over all
   axes but the last, named `name`, with the batch's statistics when `train` (averaged over the
-  devices of `axis_name`) and the running averages (momentum 0.9, "batch_stats") otherwise.
+  devices of `axis_name`) and the running averages ("batch_stats") otherwise.
 
   The axis is used only when `train`: model.init, evaluation and class maps use the running
   averages and may run outside the device map, where no `axis_name` axis exists.
   """
-  if norm == "none":
+  if NORMS[norm] is None:
     return x
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                      axis_name=axis_name if train else None, dtype=jnp.float32, name=name)(x)
+  return NORMS[norm](use_running_average=not train, axis_name=axis_name if train else None,
+                     name=name)(x)
 
 
 class MLPConv(nn.Module):
@@ -250,7 +276,7 @@ class MLPConv(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False):
     """x: [N, H, W, C] -> [N, H', W', widths[-1]]; `train` picks BatchNorm's statistics."""
-    use_bias = self.norm == "none"
+    use_bias = NORMS[self.norm] is None
     for i, width in enumerate(self.widths):
       is_last = i == len(self.widths) - 1
       name = self.last_name if is_last and self.last_name else ("conv" if i == 0 else f"cccp{i}")
@@ -262,7 +288,7 @@ class MLPConv(nn.Module):
       else:
         # A 1 x 1 convolution is a dense layer over the channel axis at every position. Written as
         # one (positions x channels) @ (channels x width) matmul it runs ~2x faster on CPU than
-        # XLA's convolution path (benchmark in README.md); the function is the same.
+        # XLA's convolution path (benchmark in docs/speed.md); the function is the same.
         x = nn.Dense(width, use_bias=use_bias, kernel_init=self.kernel_init, name=name,
                      **layer_options(self.dtype, self.precision))(x)
       x = normalise(x, self.norm, train=train, axis_name=self.axis_name,
@@ -273,10 +299,14 @@ class MLPConv(nn.Module):
 
 
 class NIN(nn.Module):
-  """Stacked mlpconv blocks and a GAP or FC head. Input: NHWC float images. Output: logits."""
-  blocks: Sequence[BlockSpec]
+  """Stacked mlpconv blocks and a head. Input: NHWC float images [N, H, W, C]. Output: float32
+  logits [N, num_classes]. Built from a config as `NIN(num_classes=..., **config.model)`; every
+  field but num_classes and axis_name is a field of `config.model` (experiments/default.py)."""
   num_classes: int
-  head: str = "gap"
+  preset: str = "nin_cifar"           # PRESETS
+  head: str = "gap"                   # HEADS
+  num_1x1: int | None = None          # 1 x 1 layers per block (with_num_1x1); None: the preset's
+  dropout: float | None = None        # rate after the pools that have dropout; None: the preset's
   fc_hidden: Sequence[int] = ()       # widths of hidden dense layers in the FC heads (ReLU)
   relu_on_class_maps: bool = True     # the paper's choice; see MLPConv
   init_stddev: float = 0.05           # the authors' N(0, 0.05^2); biases start at 0
@@ -284,71 +314,73 @@ class NIN(nn.Module):
   # in bfloat16 (layer_options); parameters (master weights), biases, the layers between
   # (ReLU, BatchNorm, pools, dropout) and the logits for the loss stay float32.
   dtype: str = "float32"
-  precision: str = "float32"          # PRECISIONS: of every convolution and matmul
+  # PRECISIONS, of every convolution and matmul of float32 operands: full float32, as the paper
+  # trained (2013 GPUs had no TF32); JAX's own default is not float32 on accelerators.
+  precision: str = "float32"
   norm: str = "none"                  # NORMS; "batch": BatchNorm before each ReLU
   # The device axis over which BatchNorm averages its training statistics: the pmap axis
   # (placement.AXIS) for a model trained in the mapped step; None for a model applied with
   # train=True outside any device map. Ignored when train=False and with norm="none".
   axis_name: str | None = None
 
+  def __post_init__(self):
+    for field, table in CHOICES.items():
+      if getattr(self, field) not in table:
+        raise ConfigError(f"unknown model.{field} {getattr(self, field)!r}; choose one of "
+                          f"{list(table)}")
+    super().__post_init__()
+
+  @property
+  def blocks(self) -> tuple[BlockSpec, ...]:
+    """The preset's blocks with this model's num_1x1 and dropout."""
+    blocks = PRESETS[self.preset]
+    if self.num_1x1 is not None:
+      blocks = with_num_1x1(blocks, self.num_1x1)
+    if self.dropout is not None:
+      blocks = tuple(dataclasses.replace(b, dropout=self.dropout if b.dropout else 0.0)
+                     for b in blocks)
+    return blocks
+
   @nn.compact
   def __call__(self, x, *, train: bool):
+    head, blocks = HEADS[self.head], self.blocks
     init = nn.initializers.normal(self.init_stddev)
-    last_width = self.blocks[-1].widths[-1] or self.num_classes
-    if self.head == "gap" and last_width != self.num_classes:
-      raise ConfigError(f"GAP head: the last block's last width {last_width} is not num_classes "
-                        f"{self.num_classes}; GAP needs one map per class (width 0 means that)")
-    for index, block in enumerate(self.blocks):
-      is_last = index == len(self.blocks) - 1
+    for index, block in enumerate(blocks):
+      is_last = index == len(blocks) - 1
       widths = tuple(w or self.num_classes for w in block.widths)
-      if is_last and self.head != "gap":
+      if is_last and not head.class_maps:
         # FC heads do without the class-map layer; where the k x k conv is that layer
         # (num_1x1=0), it stays at the preset's k x k width rather than num_classes
         widths = widths[:-1] or (block.kxk_width or widths[0],)
+      class_maps = is_last and head.class_maps
       x = MLPConv(widths, block.kernel, block.stride, block.padding,
-                  relu_on_last=self.relu_on_class_maps or not (is_last and self.head == "gap"),
-                  last_name="classifier" if is_last and self.head == "gap" else None,
-                  kernel_init=init, dtype=jnp.dtype(self.dtype), precision=self.precision,
-                  norm=self.norm,
-                  axis_name=self.axis_name, name=f"mlpconv{index + 1}")(x, train=train)
+                  relu_on_last=self.relu_on_class_maps or not class_maps,
+                  last_name="classifier" if class_maps else None,
+                  kernel_init=init, dtype=DTYPES[self.dtype], precision=self.precision,
+                  norm=self.norm, axis_name=self.axis_name,
+                  name=f"mlpconv{index + 1}")(x, train=train)
       if block.pool:
-        x = pool(x, block.pool)
+        x = POOLS[block.pool](x)
       if block.dropout:
         x = nn.Dropout(block.dropout, deterministic=not train)(x)
 
-    if self.head == "gap":
+    if head.class_maps:
       # one map per class; the score is its spatial mean (summed in float32)
       return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     x = x.reshape(x.shape[0], -1)
     for i, width in enumerate((*self.fc_hidden, self.num_classes)):
-      if self.head == "fc_dropout":
-        x = nn.Dropout(0.5, deterministic=not train)(x)
+      if head.dropout:
+        x = nn.Dropout(head.dropout, deterministic=not train)(x)
       is_last = i == len(self.fc_hidden)
-      x = nn.Dense(width, use_bias=is_last or self.norm == "none", kernel_init=init,
+      x = nn.Dense(width, use_bias=is_last or NORMS[self.norm] is None, kernel_init=init,
                    name="classifier" if is_last else f"fc{i + 1}",
-                   **layer_options(self.dtype, self.precision))(x)
+                   **layer_options(DTYPES[self.dtype], self.precision))(x)
       if not is_last:
         x = normalise(x, self.norm, train=train, axis_name=self.axis_name, name=f"fc{i + 1}_bn")
         x = nn.relu(x)
     return x.astype(jnp.float32)
 
 
-def create_model(preset: str, num_classes: int, head: str = "gap", num_1x1: int | None = None,
-                 dropout: float | None = None, **kwargs) -> NIN:
-  """The network a config asks for: a preset, optionally with another number of 1 x 1 layers
-  or another dropout rate where the preset has dropout."""
-  if preset not in PRESETS:
-    raise ConfigError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
-  if head not in HEADS:
-    raise ConfigError(f"unknown head {head!r}; choose one of {HEADS}")
-  if kwargs.get("norm", "none") not in NORMS:
-    raise ConfigError(f"unknown norm {kwargs['norm']!r}; choose one of {NORMS}")
-  if kwargs.get("precision", "float32") not in PRECISIONS:
-    raise ConfigError(f"unknown precision {kwargs['precision']!r}; choose one of "
-                      f"{tuple(PRECISIONS)}")
-  blocks = PRESETS[preset]
-  if num_1x1 is not None:
-    blocks = with_num_1x1(blocks, num_1x1)
-  if dropout is not None:
-    blocks = tuple(dataclasses.replace(b, dropout=dropout if b.dropout else 0.0) for b in blocks)
-  return NIN(blocks=blocks, num_classes=num_classes, head=head, **kwargs)
+# The NIN fields that pick from a table, and the table: what the config checks allow.
+CHOICES = {"preset": PRESETS, "head": HEADS, "norm": NORMS, "dtype": DTYPES,
+           "precision": PRECISIONS}

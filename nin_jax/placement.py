@@ -23,13 +23,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from nin_jax.errors import DataError
+from nin_jax.errors import ConfigError, DataError
 
 AXIS = "batch"  # the pmapped device axis
 
 # CPU instruction-set flags (Linux /proc/cpuinfo) that do bfloat16 arithmetic: x86's AVX512-BF16
 # and AMX-BF16, Arm's BF16. Without one, XLA computes a bfloat16 model's convolutions and matmuls
-# in float32 with conversions around them (README.md, "Mixed precision").
+# in float32 with conversions around them (docs/mixed_precision.md).
 CPU_BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
 
@@ -107,13 +107,13 @@ class Placement:
     return self.process_index == 0
 
   @property
-  def is_placed(self) -> bool:
+  def is_local(self) -> bool:
     """A run of a sweep, on some devices of this process only."""
     return self.devices is not None
 
   def describe(self) -> str:
     platform = self.local_devices[0].platform
-    if self.is_placed:
+    if self.is_local:
       return (f"{platform} device(s) {[d.id for d in self.devices]} of process "
               f"{jax.process_index()}")
     return (f"{self.num_devices} ({len(self.local_devices)} local, process {self.process_index} "
@@ -139,6 +139,31 @@ class Placement:
     mesh = Mesh(np.array(self.local_devices), (AXIS,))
     return jax.device_put(batch, NamedSharding(mesh, PartitionSpec(AXIS)))
 
+  # --- How data is laid out over the run's hosts and devices ----------------------------------
+
+  def host_range(self, num_examples: int) -> tuple[int, int]:
+    """[start, end): the contiguous slice of a split of `num_examples` that this host loads."""
+    return part_bounds(num_examples, self.process_count, self.process_index)
+
+  def num_parts(self, data_shards: int) -> int:
+    """Parts of the training order: `data_shards`, or one per host of the run when 0. Raises
+    ConfigError unless it is a multiple of the hosts."""
+    parts = data_shards or self.process_count
+    if parts % self.process_count:
+      raise ConfigError(f"--config.data_shards={parts} must be a multiple of the "
+                        f"{self.process_count} hosts")
+    return parts
+
+  def per_device(self, array):
+    """This host's `array` [n, ...] as [local devices, n / local devices, ...], the layout `map`
+    splits over the devices (n must divide)."""
+    return array.reshape(len(self.local_devices), -1, *array.shape[1:])
+
+  def num_eval_batches(self, num_examples: int, per_host: int) -> int:
+    """Batches of `per_host` that every host runs over a split of `num_examples` (over all
+    hosts): the same number on each (collectives need it), enough for the largest host's share."""
+    return -(-(-(-num_examples // self.process_count)) // per_host)
+
   def check_fits(self, num_bytes: int, what: str, fix: str):
     """Raises DataError (one line) when `num_bytes` more do not fit in one device's free memory:
     the device's own count where it reports one (GPU, TPU), else the host's available memory
@@ -154,6 +179,47 @@ class Placement:
     if free is not None and num_bytes > free:
       raise DataError(f"{what} needs {num_bytes / 2**20:,.0f} MiB on each device but {where} has "
                       f"{free / 2**20:,.0f} MiB free; {fix}")
+
+
+def part_bounds(num_examples: int, num_parts: int, part: int) -> tuple[int, int]:
+  """[start, end) of part `part` when `num_examples` are cut into `num_parts` contiguous parts."""
+  return num_examples * part // num_parts, num_examples * (part + 1) // num_parts
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, parts: int) -> int:
+  """Steps that take every part's share of each global batch of `batch_size` without repeating
+  an example. Raises ConfigError when the batch does not divide by the parts."""
+  if batch_size % parts:
+    raise ConfigError(f"--config.batch_size={batch_size} must divide by the {parts} data parts "
+                      "(--config.data_shards)")
+  smallest = min(end - start for start, end in
+                 (part_bounds(num_examples, parts, p) for p in range(parts)))
+  return smallest // (batch_size // parts)
+
+
+def to_global(tree):
+  """`tree` as `Placement.map` returns it to each host (replicated on its devices) as global
+  arrays over every host's devices, which orbax writes in a multi-process job."""
+  from orbax.checkpoint import utils  # orbax only where checkpoints are written
+  return jax.tree.map(utils.fully_replicated_host_local_array_to_global_array, tree)
+
+
+def from_every_host(tree):
+  """`tree` (numpy arrays, the same shapes on every process) from every process, each leaf
+  stacked as [process_count, ...]: a collective outside any step, which every process calls."""
+  from jax.experimental import multihost_utils
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree))
+
+
+def device_groups(size: int) -> list[tuple]:
+  """This host's devices in consecutive groups of `size`, one group a run of a sweep."""
+  local = jax.local_devices()
+  return [tuple(local[i:i + size]) for i in range(0, len(local), size)]
+
+
+def device_index():
+  """Inside a step mapped by `Placement.map`: this device's index along the run's devices."""
+  return jax.lax.axis_index(AXIS)
 
 
 def host_available_bytes():

@@ -87,12 +87,11 @@ def record(config, placement=None) -> dict:
     config = config.copy_and_resolve_references().to_dict()
   commit, dirty = git_state(code_root())
   from nin_jax import models
-  model = config.get("model", {}) if isinstance(config, dict) else {}
-  precision = model.get("precision", "default")  # a config from before the field: JAX's default
+  model = config["model"]
   return {"versions": versions, "platform": device.platform, "device_kind": device.device_kind,
           "num_devices": num_devices, "process_count": process_count,
-          "precision": {"model.precision": precision, "model.dtype": model.get("dtype"),
-                        "computed_in": models.computed_in(precision, model.get("dtype"),
+          "precision": {"model.precision": model["precision"], "model.dtype": model["dtype"],
+                        "computed_in": models.computed_in(model["precision"], model["dtype"],
                                                           device.platform)},
           "git": {"commit": commit, "dirty": dirty, "changed": changed_files(code_root())},
           "environment": environment(), "cpu": cpu(), "config": _json_value(config)}

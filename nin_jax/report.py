@@ -217,13 +217,11 @@ def load_sweep(workdir):
   if not sweep_file.exists():
     raise ConfigError(f"{sweep_file} not found: is {workdir} the --workdir of a sweep?")
   sweep = files.read_json(sweep_file, "sweep description")
-  if not isinstance(sweep, dict) or not {"arms", "num_seeds", "field"} <= sweep.keys():
+  needed = {"arms", "num_seeds", "field", "swept", "seeds", "paper_test_error"}
+  if not isinstance(sweep, dict) or not needed <= sweep.keys():
     raise ConfigError(f"{sweep_file} is unreadable; relaunch the sweep's command (it rewrites "
                       "that file and skips the finished runs) to rebuild the report")
-  sweep.setdefault("paper_test_error", {})
-  sweep.setdefault("seeds", list(range(sweep["num_seeds"])))  # written before "seeds": 0 .. n-1
   sweep["runs"], sweep["diverged"] = {}, {}
-  from nin_jax import sweep as sweeps  # imported here: nin_jax.sweep imports this module late
   for arm in sweep["arms"]:
     finished, diverged = {}, {}
     for seed in sweep["seeds"]:
@@ -232,7 +230,7 @@ def load_sweep(workdir):
       if isinstance(summary, dict) and summary.get("finished"):
         summary["records"] = metrics.read(run_dir)
         finished[seed] = summary
-      elif (record := sweeps.diverged(run_dir)) is not None:
+      elif (record := metrics.diverged(run_dir)) is not None:
         diverged[seed] = record
     sweep["runs"][arm], sweep["diverged"][arm] = finished, diverged
   return sweep
@@ -316,7 +314,7 @@ def summarize(sweep):
                             [_errors(sweep["runs"][row["b"]], split)[s] for s in row["seeds"]])
         row["seeds_to_settle"] = seeds_to_settle(diffs, ALPHA / len(tested))
     comparisons += rows
-  return {"field": sweep["field"], "swept": sweep.get("swept", [sweep["field"]]),
+  return {"field": sweep["field"], "swept": sweep["swept"],
           "dataset": sweep.get("dataset"), "splits": splits, "arms": arms,
           "comparisons": comparisons}
 

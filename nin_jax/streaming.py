@@ -12,7 +12,7 @@ files in ArrayRecord format (`tfds.data_source`), which imagenet2012 prepared th
 Determinism: the examples and augmentation of step s are a function of (seed, s), as for the
 in-memory sources, so a resumed run ends bit-identical to an uninterrupted one, on any number of
 hosts with the same `data_shards`:
-  * the training split falls into `parts` contiguous ranges (data.part_bounds), each read as its
+  * the training split falls into `parts` contiguous ranges (placement.part_bounds), each read as its
     own TFDS slice `train[start:end]`; host h reads only the parts it feeds (data.py's layout);
   * in epoch e, part p is read with its files in an order drawn from (seed, e, p) and shuffled in
     a buffer seeded by the same; step e * steps_per_epoch + i takes its records i * per_part ..
@@ -20,12 +20,12 @@ hosts with the same `data_shards`:
   * each example's crop and flip come from stateless random ops seeded by (seed, step, position
     in the global batch), never from thread timing;
   * a resumed run rebuilds epoch e's stream and skips the records before its step: they are read
-    but not decoded (README.md, "ImageNet-scale data", for what that costs);
+    but not decoded (docs/imagenet.md, for what that costs);
   * TensorFlow's global seed (tf.random.set_seed, which anything in the process may call) is
     pinned to TF's default while a stream is built: tf.data pairs it with every op seed
     (tensorflow/tensorflow#26179), and a set one changed every step's examples.
 
-Evaluation: host h reads its contiguous range of the split (data.host_range), resized and
+Evaluation: host h reads its contiguous range of the split (Placement.host_range), resized and
 centre-cropped; batches are padded and masked so every example counts exactly once.
 """
 import collections
@@ -38,9 +38,9 @@ import threading
 
 import numpy as np
 
-from nin_jax import data, files
-from nin_jax.errors import DataError
-from nin_jax.placement import Placement, host_available_bytes
+from nin_jax import files
+from nin_jax.errors import ConfigError, DataError
+from nin_jax.placement import Placement, host_available_bytes, part_bounds, steps_per_epoch
 
 # The datasets streamed: data.STREAMING_DATASETS. TFDS's `validation` split serves as the test set:
 # ImageNet's test labels are not public, and the papers (NIN_REFERENCE.md's 59.36% top-1 too)
@@ -78,7 +78,7 @@ class StreamingDataset:
     """This host's examples of `split` ("train", "validation", "test")."""
     total = {"train": self.num_train_examples, "validation": self.num_validation_examples,
              "test": self.num_test_examples}[split]
-    start, end = data.host_range(total, self.placement)
+    start, end = self.placement.host_range(total)
     return end - start
 
   # --- Training ---------------------------------------------------------------------------------
@@ -88,8 +88,7 @@ class StreamingDataset:
     (config.batch_size over all hosts): {"image": float32 [local devices, per device, size,
     size, 3], normalised; "label": int32 [local devices, per device]}. Raises DataError (one
     line) when a file cannot be read."""
-    steps = data.steps_per_epoch(self.num_train_examples, self.config.batch_size, parts)
-    num_devices = len(self.placement.local_devices)
+    steps = steps_per_epoch(self.num_train_examples, self.config.batch_size, parts)
     self._check_buffers_fit(parts)
     epoch, index = divmod(first_step, steps)
     if index:
@@ -104,7 +103,7 @@ class StreamingDataset:
       current = upcoming or self._epoch(epoch, index, parts, steps)
       upcoming = None
       for batch in _readable(current, self.builder):
-        yield {k: v.reshape(num_devices, -1, *v.shape[1:]) for k, v in batch.items()}
+        yield {k: self.placement.per_device(v) for k, v in batch.items()}
         step += 1
         if step == last_step:
           return
@@ -143,14 +142,14 @@ class StreamingDataset:
 
   def _epoch(self, epoch, first_index, parts, steps):
     """tf.data.Dataset of this host's batches of steps epoch * steps + first_index ..."""
-    tf = data.tensorflow()
+    tf = files.tensorflow()
     per_part = self.config.batch_size // parts
     per_host = parts // self.placement.process_count
     streams = []
     with _default_global_seed():  # the seeded ops take their seeds when built
       for part in range(self.placement.process_index * per_host,
                         (self.placement.process_index + 1) * per_host):
-        start, end = data.part_bounds(self.num_train_examples, parts, part)
+        start, end = part_bounds(self.num_train_examples, parts, part)
         seed = _seed(self.config.seed, epoch, part)
         records = self._read(f"train[{start}:{end}]", shuffle_seed=seed)
         records = records.shuffle(self._buffer_size(parts), seed=seed,
@@ -173,7 +172,7 @@ class StreamingDataset:
   def _train_example(self, record, step, position):
     """float32 [size, size, 3]: the record's image decoded, cropped (config.streaming.crop),
     flipped (config.augment.flip) and normalised; randomness from (seed, step, position)."""
-    tf = data.tensorflow()
+    tf = files.tensorflow()
     s = self.config.streaming
     size = s.image_size
     seed = tf.stack([tf.constant(self.config.seed, tf.int64),
@@ -207,16 +206,15 @@ class StreamingDataset:
     batch_size / hosts: {"image": float32 [local devices, per device, size, size, 3], "label",
     "mask": 1.0 for a real example, 0.0 for padding}. Every host yields the same number of
     batches (the collectives need it), so each example counts exactly once over the hosts."""
-    tf = data.tensorflow()
+    tf = files.tensorflow()
     per_host = batch_size // placement.process_count
     total = self.num_test_examples if split == "test" else self.num_validation_examples
-    num_batches = data.num_eval_batches(total, per_host, placement)
-    start, end = data.host_range(total, placement)
+    num_batches = placement.num_eval_batches(total, per_host)
+    start, end = placement.host_range(total)
     if split == "validation":  # the tail of TFDS's train split
       start, end = start + self.num_train_examples, end + self.num_train_examples
     tfds_split = TEST_SPLIT if split == "test" else "train"
     records = self._read(f"{tfds_split}[{start}:{end}]") if end > start else None
-    num_devices = len(placement.local_devices)
     size = self.config.streaming.image_size
     yielded = 0
     if records is not None:
@@ -225,18 +223,18 @@ class StreamingDataset:
                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
       batches = examples.batch(per_host).prefetch(2).with_options(_options())
       for image, label in _readable(batches.as_numpy_iterator(), self.builder):
-        yield _padded(image, label, per_host, num_devices)
+        yield _padded(image, label, per_host, placement)
         yielded += 1
     empty = (np.zeros((0, size, size, 3), np.float32), np.zeros((0,), np.int32))
     for _ in range(yielded, num_batches):
-      yield _padded(*empty, per_host, num_devices)
+      yield _padded(*empty, per_host, placement)
 
   def _eval_example(self, raw):
     """float32 [size, size, 3]: the centre size x size of the image resized as its training
     crop sees it: for "resize_crop" warped to a square of size / eval_crop_fraction (Caffe's
     centre 224 of 256 x 256); for "random_resized" its shorter side resized to that (the flax
     ImageNet example's centre crop)."""
-    tf = data.tensorflow()
+    tf = files.tensorflow()
     s = self.config.streaming
     size, scaled = s.image_size, round(s.image_size / s.eval_crop_fraction)
     image = _decode(raw)
@@ -271,7 +269,7 @@ def _seed(seed, epoch, part):
 
 
 def _options(warm_start=False):
-  tf = data.tensorflow()
+  tf = files.tensorflow()
   options = tf.data.Options()
   options.deterministic = True  # parallel maps keep their order: the batch of a step is fixed
   if warm_start:  # start reading when the iterator is made, not at its first batch
@@ -290,7 +288,7 @@ def _default_global_seed():
   """TF's global seed as if never set, while a stream is built (the runs of a sweep build
   theirs in threads: one at a time); a global seed set before is set again after (which also
   restarts TF's count for ops built without a seed)."""
-  tf = data.tensorflow()
+  tf = files.tensorflow()
   with _global_seed_lock:
     global_seed = tf.compat.v1.get_seed(1)[0]  # (global, op) as an op seeded 1 would get them
     if global_seed == _TF_DEFAULT_GLOBAL_SEED:
@@ -305,14 +303,14 @@ def _default_global_seed():
 
 def _decode(raw):
   """uint8 [h, w, 3] of an encoded image: JPEG (grayscale and CMYK ones too), PNG, GIF, BMP."""
-  tf = data.tensorflow()
+  tf = files.tensorflow()
   return tf.io.decode_image(raw, channels=3, expand_animations=False)
 
 
 def _decode_window(raw, window):
   """The box `window(shape) -> (top, left, height, width)` of an encoded image, decoding only
   that box when it is a JPEG (ImageNet's 110 KB average JPEG: most of the decode skipped)."""
-  tf = data.tensorflow()
+  tf = files.tensorflow()
 
   def jpeg():
     top, left, height, width = window(tf.image.extract_jpeg_shape(raw))
@@ -327,25 +325,25 @@ def _decode_window(raw, window):
 
 
 def _normalise(image):
-  tf = data.tensorflow()
+  tf = files.tensorflow()
   image = tf.cast(image, tf.float32)
   return (image - tf.constant(IMAGENET_MEAN_RGB)) / tf.constant(IMAGENET_STD_RGB)
 
 
-def _padded(image, label, per_host, num_devices):
+def _padded(image, label, per_host, placement):
   count = len(label)
   pad = per_host - count
   image = np.concatenate([image, np.zeros((pad, *image.shape[1:]), np.float32)])
   label = np.concatenate([label, np.zeros(pad, np.int32)])
   mask = (np.arange(per_host) < count).astype(np.float32)
-  return {k: v.reshape(num_devices, -1, *v.shape[1:])
+  return {k: placement.per_device(v)
           for k, v in (("image", image), ("label", label), ("mask", mask))}
 
 
 def _readable(iterator, builder):
   """`iterator`, with a file that turns out cut or missing, or an image that does not decode,
   as one DataError line."""
-  tf = data.tensorflow()
+  tf = files.tensorflow()
   try:
     yield from iterator
   except tf.errors.OpError as e:
@@ -353,7 +351,7 @@ def _readable(iterator, builder):
 
 
 def _unreadable(builder, error):
-  tf = data.tensorflow()
+  tf = files.tensorflow()
   what = ("an image in it does not decode" if isinstance(error, tf.errors.InvalidArgumentError)
           else "a file is missing or cut")
   # TF's messages open with its graph's names ({{function_node __wrapped__IteratorGetNext...}})
@@ -363,21 +361,19 @@ def _unreadable(builder, error):
                    "again (delete that folder, then download_and_prepare) or copy it again")
 
 
-def open_dataset(config, placement: Placement | None = None) -> StreamingDataset:
-  """The streaming dataset `config.dataset` names, opened (its files are read as training
-  goes). Raises DataError (one line: the dataset, data_dir and the fixes) when it is not
-  prepared in config.data_dir, as the in-memory TFDS sources do; ConfigError when
-  config.validation_examples leaves too few training examples."""
+def open_dataset(builder, config, placement: Placement | None = None) -> StreamingDataset:
+  """The streaming dataset of TFDS `builder` (prepared: data.tfds_builder checks that, as for the
+  in-memory TFDS sources), opened (its files are read as training goes). Raises DataError when it
+  lacks a split, ConfigError when config.validation_examples leaves too few training
+  examples."""
   placement = placement or Placement.everywhere()
-  builder = data.tfds_builder(config.dataset, config.data_dir, config.download)
   splits = builder.info.splits
   if TEST_SPLIT not in splits or "train" not in splits:
     raise DataError(f"TFDS dataset {config.dataset!r} in {str(builder.data_dir)!r} has splits "
                     f"{sorted(splits)}; nin-jax needs 'train' and {TEST_SPLIT!r}")
   num_train = splits["train"].num_examples
-  held_out = config.get("validation_examples", 0)
+  held_out = config.validation_examples
   if held_out and not 0 < held_out < num_train:
-    from nin_jax.errors import ConfigError
     raise ConfigError(f"--config.validation_examples={held_out} must be below the {num_train} "
                       "training examples (0: no validation split)")
   return StreamingDataset(builder, config, placement,

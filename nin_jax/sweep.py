@@ -13,7 +13,7 @@ stops every run of this host at a checkpoint and is raised.
 Filling the machine. This host's devices are cut into groups of `ablation.devices_per_run`, and
 `ablation.runs_at_once` runs train at the same time, each on a group (several share a group when
 there are more runs at once than groups), in threads of this process: a step releases Python's
-lock while it runs, and the runs of one arm share their compiled program (train.shared) and the
+lock while it runs, and the runs of one arm share their compiled program (train.compiled_once) and the
 dataset on the devices (train.put_dataset). A run's result does not depend on where, or beside
 what, it trained: its batches, augmentation and dropout come from (seed, step) alone.
 
@@ -25,7 +25,6 @@ workdir (gs://) the report covers every run; with per-host folders, copy them to
 `python -m nin_jax.report DIR`. `--arm` still picks arms by hand.
 """
 import dataclasses
-import difflib
 import logging
 import math
 import queue
@@ -38,15 +37,16 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from nin_jax import checkpointing, files, metrics, preemption, train, validation
+from nin_jax import checkpointing, checks, config_string, files, metrics, preemption, train
 from nin_jax import workdir as run_workdir
 from nin_jax.errors import ConfigError, DivergedError, NinError
+from nin_jax import placement as placement_lib
 from nin_jax.placement import Placement
 
-FINISHED = -1  # in a progress table: the run has its summary
+FINISHED = -1  # a progress table's mark, not a step: the run has its summary
 DIVERGED = -2  # in a progress table: the run's training diverged (its diverged.json); a result
 # On CPU a small model's step leaves cores idle between its ops, so runs overlap well: runs at
-# once on a CPU host, the fastest measured on 2 cores (README.md, "Sweeps on one machine"). CPU
+# once on a CPU host, the fastest measured on 2 cores (docs/scale.md). CPU
 # devices (--xla_force_host_platform_device_count) all share the same cores.
 CPU_RUNS_AT_ONCE = 3
 
@@ -110,24 +110,15 @@ def grid(*axes: dict) -> dict[str, dict]:
 
 
 def arms(config) -> dict[str, dict]:
-  """{arm name: {dotted field: value it sets}}, in the config's order.
-
-  Two forms of `config.ablation`: `arms`, ((name, ((dotted field, value), ...)), ...) as
-  `default.ablation` writes it from arm sets and grids, or the shorthand `field` + `arm_values`
-  (one field, one value an arm: every sweep written before arms could set several fields)."""
-  ablation = config.ablation
-  if ablation.get("arms"):
-    all_arms = {}
-    for name, overrides in ablation.arms:
-      if name in all_arms:
-        raise ConfigError(f"the ablation names the arm {name!r} twice; rename one")
-      # lists as tuples, as a ConfigDict keeps them: hashable, and equal to the run's value
-      all_arms[name] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides}
-  else:
-    all_arms = arm_set(ablation.field, ablation.arm_values)
-    if len(all_arms) < len(ablation.arm_values):
-      raise ConfigError(f"--config.ablation.arm_values={tuple(ablation.arm_values)} holds a "
-                        "value twice; list each once")
+  """{arm name: {dotted field: value it sets}}, in the config's order, from `config.ablation.arms`:
+  ((name, ((dotted field, value), ...)), ...) as experiments/default.py's `ablation` writes it
+  from arm sets and grids."""
+  all_arms = {}
+  for name, overrides in config.ablation.arms:
+    if name in all_arms:
+      raise ConfigError(f"the ablation names the arm {name!r} twice; rename one")
+    # lists as tuples, as a ConfigDict keeps them: hashable, and equal to the run's value
+    all_arms[name] = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides}
   for name in all_arms:  # each arm is a folder of the sweep's workdir and an item of --arm
     if not name or name.startswith(".") or set(name) & _NOT_IN_NAMES:
       raise ConfigError(f"arm name {name!r} cannot be a folder name and an item of --arm: use "
@@ -138,29 +129,6 @@ def arms(config) -> dict[str, dict]:
 def swept_fields(all_arms: dict[str, dict]) -> list[str]:
   """The dotted fields that some arm sets, in first-seen order."""
   return list(dict.fromkeys(key for overrides in all_arms.values() for key in overrides))
-
-
-def apply(config, overrides: dict):
-  """`config` with `overrides` ({dotted field: value}) set, in place. Raises ConfigError (one
-  line) for a field the config lacks or a value of the wrong type."""
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = config
-    try:
-      for parent in parents:
-        node = node[parent]
-      if leaf not in node:
-        raise KeyError(leaf)
-      if isinstance(node[leaf], ml_collections.ConfigDict):
-        raise ConfigError(f"{key} is a section of the config, not a field; set one of its "
-                          f"fields, for example {key}.{next(iter(node[leaf]))}")
-      node[leaf] = value
-    except (KeyError, AttributeError, TypeError) as e:
-      close = difflib.get_close_matches(key, run_workdir.flatten(config.to_dict()), n=1)
-      why = ("names no config field" if not isinstance(e, TypeError)
-             else f"cannot take {value!r}: {files.one_line(e, 150)}")
-      raise ConfigError(f"{key} {why}" + (f" (did you mean {close[0]}?)" if close else ""))
-  return config
 
 
 def seeds(config) -> list[int]:
@@ -189,7 +157,7 @@ def expand(config, only_arms=None) -> list[Run]:
     with base.unlocked():
       del base["ablation"]
     try:
-      apply(base, overrides)
+      config_string.set_fields(base, overrides)
     except ConfigError as e:
       raise ConfigError(f"arm {name!r} of the ablation: {e}") from None
     if only_arms and name not in only_arms:
@@ -207,22 +175,12 @@ def is_finished(run_dir) -> bool:
   return bool(isinstance(summary, dict) and summary.get("finished", False))
 
 
-DIVERGED_FILE = "diverged.json"
-
-
-def diverged(run_dir) -> dict | None:
-  """The record of a run of a sweep whose training diverged (`DivergedError`: a NaN or Inf loss,
-  or the loss stuck at ln C): {"step", "loss", "reason", "message"}; None for any other run."""
-  record = files.read_json(epath.Path(run_dir) / DIVERGED_FILE, "diverged-run record")
-  return record if isinstance(record, dict) and "step" in record else None
-
-
 def progress(run_dir) -> int:
   """FINISHED, DIVERGED, or the newest checkpoint step in `run_dir` (0: none), as this host
   sees it."""
   if is_finished(run_dir):
     return FINISHED
-  if diverged(run_dir) is not None:
+  if metrics.diverged(run_dir) is not None:
     return DIVERGED
   return max(checkpointing.steps_on_disk(run_dir), default=0)
 
@@ -261,7 +219,7 @@ def placement_of(ablation) -> tuple[int, int]:
   least one per device group).
   """
   per_run = ablation.devices_per_run or 1
-  groups = jax.local_device_count() // per_run
+  groups = len(placement_lib.device_groups(per_run))
   if ablation.runs_at_once:
     return per_run, ablation.runs_at_once
   platform = jax.local_devices()[0].platform
@@ -278,11 +236,11 @@ def run_sweep(config, workdir, only_arms=None, overwrite=False):
   workdir = epath.Path(files.resolve(workdir))
   runs, seen, error = [], None, None
   try:
-    validation.validate_ablation(config)
+    checks.validate_ablation(config)
     per_run, at_once = placement_of(config.ablation)
     runs = expand(config, only_arms)
     for run in runs:  # every arm's config, before the first run starts
-      validation.validate(run.config, per_run)
+      checks.validate(run.config, per_run)
       if not overwrite:  # a finished run of another config must not pass as this sweep's
         run_workdir.check_or_clear(workdir / run.subdir, run.config, overwrite=False)
     workdir.mkdir(parents=True, exist_ok=True)  # every host: per-host folders each need theirs
@@ -291,7 +249,7 @@ def run_sweep(config, workdir, only_arms=None, overwrite=False):
         "field": ", ".join(swept_fields(all_arms)), "swept": swept_fields(all_arms),
         "arms": list(all_arms), "overrides": all_arms, "num_seeds": config.ablation.num_seeds,
         "seeds": chosen,
-        "paper_test_error": dict(config.ablation.get("paper_test_error", {})),
+        "paper_test_error": dict(config.ablation.paper_test_error),
         "dataset": config.dataset})
     if jax.process_index() == 0:  # TensorBoard's HParams dashboard: arms x seeds side by side
       fields = swept_fields(all_arms)
@@ -309,7 +267,7 @@ def run_sweep(config, workdir, only_arms=None, overwrite=False):
   logging.info("Sweep: %d runs, %d finished earlier%s; this host (%d of %d) trains %d, %d at "
                "once on groups of %d device(s)", len(runs), done,
                f", {len(gone)} diverged earlier (not retried: {', '.join(gone)}; delete a run's "
-               f"{DIVERGED_FILE} to retry it)" if gone else "", jax.process_index(),
+               f"{metrics.DIVERGED_FILE} to retry it)" if gone else "", jax.process_index(),
                jax.process_count(), len(mine), min(at_once, len(mine)), per_run)
   logging.info("Seeds %d..%d of every arm: --config.seed=%d and the %d after it "
                "(--config.ablation.num_seeds=%d)", chosen[0], chosen[-1], config.seed,
@@ -342,10 +300,9 @@ def _gather(runs, seen, error) -> np.ndarray:
     if error is not None:
       raise error
     return seen[None]
-  from jax.experimental import multihost_utils  # collectives outside any step, at launch only
   names = "\n".join(run.subdir for run in runs).encode()
   header = np.array([error is not None, len(runs), zlib.crc32(names)], np.int64)
-  headers = np.asarray(multihost_utils.process_allgather(header)).reshape(-1, 3)
+  headers = placement_lib.from_every_host(header).reshape(-1, 3)  # at launch only
   if error is not None:
     raise error
   failed = np.flatnonzero(headers[:, 0])
@@ -356,8 +313,7 @@ def _gather(runs, seen, error) -> np.ndarray:
     raise ConfigError(f"the hosts were given different sweeps (runs per host: "
                       f"{headers[:, 1].tolist()}): launch every host with the same --config, "
                       "overrides and --arm")
-  gathered = multihost_utils.process_allgather(seen)
-  return np.asarray(gathered).reshape(jax.process_count(), -1)
+  return placement_lib.from_every_host(seen).reshape(jax.process_count(), -1)
 
 
 def train_placed(runs, workdir, devices_per_run, runs_at_once, overwrite=False):
@@ -365,8 +321,7 @@ def train_placed(runs, workdir, devices_per_run, runs_at_once, overwrite=False):
   host's devices. When a run fails, the others checkpoint the step they reached and stop, and
   the first failure is raised (a NinError names its run). On a preemption notice every run that
   trains checkpoints the step it reached, none starts, and `preemption.Preempted` names them."""
-  local = jax.local_devices()
-  groups = [local[i:i + devices_per_run] for i in range(0, len(local), devices_per_run)]
+  groups = placement_lib.device_groups(devices_per_run)
   jobs = queue.SimpleQueue()
   for index, run in enumerate(runs, start=1):
     jobs.put((index, run))
@@ -381,7 +336,7 @@ def train_placed(runs, workdir, devices_per_run, runs_at_once, overwrite=False):
         return
       logging.info("Run %d/%d %s on %s", index, len(runs), run.subdir, placement.describe())
       started = time.time()
-      (workdir / run.subdir / DIVERGED_FILE).unlink(missing_ok=True)  # trained again: no record
+      (workdir / run.subdir / metrics.DIVERGED_FILE).unlink(missing_ok=True)  # trained again: no record
       try:
         summary = train.train_and_evaluate(run.config, workdir / run.subdir, overwrite=overwrite,
                                            placement=placement, stop=stop,
@@ -391,7 +346,7 @@ def train_placed(runs, workdir, devices_per_run, runs_at_once, overwrite=False):
         preempted.append((run, e))
         return
       except DivergedError as e:  # that setting diverges: a result, the other runs go on
-        files.write_json(workdir / run.subdir / DIVERGED_FILE, {
+        files.write_json(workdir / run.subdir / metrics.DIVERGED_FILE, {
             "step": e.step, "loss": e.loss if math.isfinite(e.loss) else str(e.loss),
             "reason": type(e).__name__, "message": str(e)})
         logging.warning("Run %s diverged at step %d (loss %.4g): a result of the sweep, counted "

@@ -7,7 +7,7 @@ host (a single run: the global batch split over them), or on a group of one host
 run of a sweep that trains several at once). The dataset is put on the devices once; a step
 receives only example indices, and gathers and augments on the device.
 
-Runs that compile the same program share it (`shared`): the seeds of an arm differ only in the
+Runs that compile the same program share it (`compiled_once`): the seeds of an arm differ only in the
 train state's keys and the data order, neither of which is part of the program.
 """
 import collections
@@ -28,10 +28,11 @@ import optax
 from etils import epath
 from jax import lax
 
-from nin_jax import (checkpointing, data, files, metrics, models, preemption, provenance, streaming,
-                     validation)
+from nin_jax import (checkpointing, checks, data, files, metrics, models, preemption, provenance,
+                     streaming)
 from nin_jax import workdir as run_workdir
 from nin_jax.errors import ConfigError, NonFiniteLossError, TrainingStuckError
+from nin_jax import placement as placement_lib
 from nin_jax.placement import AXIS, CPU_BFLOAT16_FLAGS, Placement, native_bfloat16
 
 
@@ -64,22 +65,6 @@ def create_train_state(model_variables: dict, tx: optax.GradientTransformation,
   model_state = {k: v for k, v in model_variables.items() if k != "params"}
   return TrainState(step=jnp.int32(0), params=params, opt_state=tx.init(params), rng=rng,
                     model_state=model_state)
-
-
-def create_model(config, num_classes, *, axis_name: str | None = AXIS):
-  """The network of `config.model` (also used to rebuild a trained run's model from disk).
-
-  `axis_name`: the device axis over which BatchNorm (model.norm="batch") averages its statistics
-  when applied with train=True, which only the mapped train step does; the default is that
-  step's pmap axis. Init, evaluation and class maps use the running averages, with no axis.
-  """
-  m = config.model
-  # .get: a config.json saved before model.norm existed is a run without normalisation; one
-  # saved before model.precision existed computed at JAX's default precision
-  return models.create_model(m.preset, num_classes, m.head, num_1x1=m.num_1x1, dropout=m.dropout,
-                             fc_hidden=tuple(m.fc_hidden), relu_on_class_maps=m.relu_on_class_maps,
-                             init_stddev=m.init_stddev, dtype=m.dtype, norm=m.get("norm", "none"),
-                             precision=m.get("precision", "default"), axis_name=axis_name)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,7 +156,7 @@ def train_step(state, dataset, batch, *, model, tx, learning_rate_fn, augment_co
   """
   step_rng = jax.random.fold_in(state.rng, state.step)
   augment_rng, dropout_rng = jax.random.split(step_rng)
-  device = lax.axis_index(AXIS)
+  device = placement_lib.device_index()
   if "index" in batch:  # in-memory source
     index = batch["index"]
     if index.ndim == 2:
@@ -198,7 +183,7 @@ def train_step(state, dataset, batch, *, model, tx, learning_rate_fn, augment_co
   # the update is the same (up to float summation order); only the dropout masks are drawn per
   # micro-batch. Why: on CPU, a micro-batch's activations stay in the 32 MB cache instead of
   # streaming 100 MB tensors through memory, and two micro-batches' ops run side by side on two
-  # cores (README.md, "Speed"). A Python loop, unrolled into the compiled step: XLA on CPU ran a
+  # cores (docs/speed.md). A Python loop, unrolled into the compiled step: XLA on CPU ran a
   # lax.scan over micro-batches at 16 s per CIFAR step, against 1.4 s unrolled.
   # With BatchNorm a micro-batch is normalised with its own statistics (over the devices' same
   # micro-batch), so micro-batches then change the update, as a smaller batch would. Each
@@ -206,7 +191,7 @@ def train_step(state, dataset, batch, *, model, tx, learning_rate_fn, augment_co
   # is their mean: one momentum update per step, whatever the micro-batch size.
   size = microbatch_size or per_device
   count = per_device // size
-  if count * size != per_device:  # validation.py says this for configs; here, for direct callers
+  if count * size != per_device:  # checks.py says this for configs; here, for direct callers
     raise ValueError(f"microbatch_size {size} does not divide the per-device batch {per_device}")
   grads, losses, logits, model_states = None, [], [], []
   for i in range(count):
@@ -300,20 +285,20 @@ class _CompileOnce:
     return self.fn(*args)
 
 
-_shared: collections.OrderedDict = collections.OrderedDict()
-_shared_lock = threading.Lock()
+_compiled: collections.OrderedDict = collections.OrderedDict()
+_compiled_lock = threading.Lock()
 
 
-def shared(key, build):
+def compiled_once(key, build):
   """`build()`, made once per `key` and kept for every run that asks again (the 256 newest)."""
-  with _shared_lock:
-    if key in _shared:
-      _shared.move_to_end(key)
+  with _compiled_lock:
+    if key in _compiled:
+      _compiled.move_to_end(key)
     else:
-      _shared[key] = build()
-      while len(_shared) > 256:
-        _shared.popitem(last=False)
-    return _shared[key]
+      _compiled[key] = build()
+      while len(_compiled) > 256:
+        _compiled.popitem(last=False)
+    return _compiled[key]
 
 
 def program_key(config) -> str:
@@ -336,7 +321,7 @@ def put_dataset(dataset, placement: Placement, name: str):
   if isinstance(dataset, streaming.StreamingDataset):
     return {"train": {}, "test": {}, "validation": {}}
   key = (id(dataset), placement)
-  with _shared_lock:
+  with _compiled_lock:
     if key not in _on_device:
       for other in [k for k, (kept, _) in _on_device.items() if kept is not dataset]:
         del _on_device[other]
@@ -389,7 +374,7 @@ class LossGuard:
         raise TrainingStuckError(
             f"loss stuck at ln({self.num_classes}) = {self.chance_loss:.4f} for {self.run} steps "
             f"(step {step}): every class map is zero after its ReLU, so no gradient flows "
-            "(README.md, 'The loss stuck at ln(10)'). Change one of: "
+            "(docs/models.md, 'The loss stuck at ln(10)'). Change one of: "
             "--config.optimizer.classifier_lr_multiplier=0.1 (the authors' 0.1x lr on the "
             "class-map layer), a lower --config.optimizer.learning_rate, "
             "--config.preprocess=gcn_zca, or --config.model.relu_on_class_maps=False.",
@@ -447,30 +432,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   the write complete, no evaluation run; a relaunch resumes there.
   """
   placement = placement or Placement.everywhere()
-  validation.validate(config, placement.num_devices)  # before anything is compiled or written
+  checks.validate(config, placement.num_devices)  # before anything is compiled or written
   start_time = time.time()
   workdir = epath.Path(files.resolve(workdir))
   is_chief = placement.is_chief
-  name = f"{workdir.parent.name}/{workdir.name}: " if placement.is_placed else ""
+  name = f"{workdir.parent.name}/{workdir.name}: " if placement.is_local else ""
 
   def info(message, *args):
     logging.info("%s" + message, name, *args)  # a name is not a format: a % in an arm name
 
   # --- Setup: devices and batch shapes ---------------------------------------------------------
-  num_local_devices = len(placement.local_devices)
   info("Devices: %s", placement.describe())
   platform = placement.local_devices[0].platform
   if config.model.dtype == "bfloat16" and native_bfloat16(platform) is False:
     logging.warning("%smodel.dtype=bfloat16 on a CPU without bfloat16 arithmetic (no %s flag): "
                     "XLA computes it in float32 with conversions, slower than "
-                    "--config.model.dtype=float32 (README.md, 'Mixed precision')", name,
+                    "--config.model.dtype=float32 (docs/mixed_precision.md)", name,
                     "/".join(CPU_BFLOAT16_FLAGS))
 
   # --- Data ------------------------------------------------------------------------------------
   dataset = data.load_dataset(config, placement)
   # Every host runs the same number of steps, so count epochs on the global batch.
-  parts = data.num_parts(config.data_shards, placement)
-  steps_per_epoch = data.steps_per_epoch(dataset.num_train_examples, config.batch_size, parts)
+  parts = placement.num_parts(config.data_shards)
+  steps_per_epoch = placement_lib.steps_per_epoch(dataset.num_train_examples, config.batch_size,
+                                                  parts)
   if steps_per_epoch < 1:
     held_out = (f" ({dataset.num_validation_examples} more held out for validation: "
                 "--config.validation_examples)" if dataset.num_validation_examples else "")
@@ -481,10 +466,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise ConfigError(f"--config.num_epochs={config.num_epochs} is less than one step of "
                       f"{steps_per_epoch} per epoch; train for at least {1 / steps_per_epoch:.3g} "
                       "epochs")
-  if total_steps > validation.MAX_INT:  # the step counter is int32 on the devices (optax, orbax)
+  if total_steps > checks.MAX_INT:  # the step counter is int32 on the devices (optax, orbax)
     raise ConfigError(f"--config.num_epochs={config.num_epochs} is {total_steps:,} steps of "
-                      f"{steps_per_epoch} per epoch, more than the {validation.MAX_INT:,} a run "
-                      f"counts; train for at most {validation.MAX_INT // steps_per_epoch:,} epochs")
+                      f"{steps_per_epoch} per epoch, more than the {checks.MAX_INT:,} a run "
+                      f"counts; train for at most {checks.MAX_INT // steps_per_epoch:,} epochs")
   info("Data: %s, %d train, %d validation and %d test examples on this host; %d steps/epoch, "
        "%d steps", config.dataset, *(dataset.num_local(split) for split in
                                      ("train", "validation", "test")),
@@ -494,10 +479,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   largest = max(dataset.num_test_examples, dataset.num_validation_examples)
   eval_batch_size = min(config.eval_batch_size, -(-largest // placement.num_devices) *
                         placement.num_devices)
-  model = create_model(config, dataset.num_classes)
+  model = models.NIN(num_classes=dataset.num_classes, axis_name=AXIS, **config.model)
   image_shape = tuple(dataset.image_shape)
   if data.image_shape(config) != image_shape:  # validate() could not know them
-    validation.check_model_fits(model, image_shape, config)
+    checks.check_model_fits(model, image_shape, config)
   learning_rate_fn = create_learning_rate_fn(config.optimizer, steps_per_epoch, total_steps)
   device_data = put_dataset(dataset, placement, config.dataset)
 
@@ -526,7 +511,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   key = (program_key(config), dataset.num_classes, steps_per_epoch, placement)
   # One init for runs on any devices: it runs where its inputs are, on the default device (a
   # placed sweep of 4 runs compiled it 4 times side by side, 3.3 s each for the digits on CPU)
-  init = shared(("init", key[:2]), lambda: _CompileOnce(
+  init = compiled_once(("init", key[:2]), lambda: _CompileOnce(
       jax.jit(functools.partial(model.init, train=False))))
   model_variables = init(init_rng, jnp.zeros((1, *image_shape)))
   num_params = count_params(model_variables["params"])  # trained parameters; not batch_stats
@@ -537,7 +522,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # (the digits' train step twice per launch, 4.5 s on CPU, measured). On several processes the
   # state stays as init leaves it, the form orbax restores multi-process checkpoints into; pmap
   # compiles the step once there all the same (measured: 2 processes on loopback).
-  replicate = placement.is_placed or placement.process_count == 1
+  replicate = placement.is_local or placement.process_count == 1
   if replicate:
     state = placement.replicate(state)
   info("Model: %s, head %s, %s parameters", m.preset, m.head, f"{num_params:,}")
@@ -552,10 +537,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   first_step = int(state.step)
 
   # --- The steps: compiled once for all runs of the same program on these devices -------------
-  p_train_step = shared(("train", key), lambda: _CompileOnce(placement.map(
+  p_train_step = compiled_once(("train", key), lambda: _CompileOnce(placement.map(
       train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
       augment_config=config.augment, microbatch_size=config.microbatch_size)))
-  p_eval_step = shared(("eval", key), lambda: _CompileOnce(placement.map(eval_step, model=model)))
+  p_eval_step = compiled_once(("eval", key), lambda: _CompileOnce(placement.map(eval_step, model=model)))
   last_step = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
   last_step = max(first_step, last_step)  # a finished run relaunched: nothing left to do
 
@@ -566,15 +551,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     for step in range(first, last):  # the epoch's indices, put once an epoch
       if step == first or step % steps_per_epoch == 0:
         table = placement.shard(data.epoch_indices(
-            dataset, step // steps_per_epoch, config.batch_size, config.seed, num_local_devices,
-            parts, placement))
+            dataset, step // steps_per_epoch, config.batch_size, config.seed, parts, placement))
       yield table
 
   # --- The loop --------------------------------------------------------------------------------
   guard = LossGuard(dataset.num_classes, config.stuck_loss_steps, config.stuck_loss_tolerance)
   pending, window_start, window_time = [], first_step, time.time()
   evaluation, evaluated_step, throughputs = None, None, []
-  spans_hosts, preempted = not placement.is_placed and placement.process_count > 1, False
+  spans_hosts, preempted = not placement.is_local and placement.process_count > 1, False
   batches = train_batches(first_step, last_step)
   # On any exit, finish the checkpoint writes in flight: a stopped run keeps its last good state.
   with (_finishing(manager),
@@ -642,7 +626,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              "validation_error_percent": held_out and 100 * (1 - held_out["accuracy"]),
              "validation_loss": held_out and held_out["loss"],
              "wall_time_s": round(time.time() - start_time, 1),
-             "flops_per_image": shared(("flops", key), lambda: flops_per_image(
+             "flops_per_image": compiled_once(("flops", key), lambda: flops_per_image(
                  model, variables(state), image_shape)),
              # the first window of a process includes compilation: leave it out where we can
              "train_images_per_s": float(np.median(throughputs[1:] or throughputs or [0.0])),

@@ -21,14 +21,6 @@ RESUMABLE = BOOKKEEPING | {"eval_batch_size", "microbatch_size", "stuck_loss_ste
 CHANGES_FILE = "config_changes.jsonl"
 RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "config.json", "dataset.json",
              CHANGES_FILE)
-# Fields added after runs were saved, with the value that older runs used: a run saved before a
-# field existed resumes when the new config leaves it at that value.
-# Dotted names for nested fields, as differing_fields compares them.
-ADDED_FIELDS = {"microbatch_size": 0, "validation_examples": 0, "model.norm": "none",
-                "model.precision": "default",
-                "streaming.image_size": 224, "streaming.crop": "random_resized",
-                "streaming.min_area": 0.08, "streaming.eval_crop_fraction": 0.875,
-                "streaming.shuffle_buffer": 4096}
 
 
 class WorkdirInUseError(ConfigError):
@@ -74,7 +66,7 @@ def flatten(tree, prefix=""):
 def _compare(saved: dict, config: dict) -> tuple[dict[str, tuple], dict[str, tuple]]:
   """The fields where `saved` and `config` differ, {dotted name: (saved value, new value)}: those
   that change what is trained, and the RESUMABLE ones."""
-  old = {**ADDED_FIELDS, **flatten(saved)}
+  old = flatten(saved)
   new = flatten(json.loads(json.dumps(config)))  # tuples -> lists
   changes = {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
              if old.get(k) != new.get(k)}

@@ -8,7 +8,7 @@ from ml_collections.config_flags import config_path
 
 from conftest import REPO, run_launch
 from experiments import default
-from nin_jax import validation
+from nin_jax import config_string, checks
 from nin_jax.errors import ConfigError
 
 
@@ -44,9 +44,9 @@ def test_variants_compose_whatever_their_order():
 
 
 def test_parse_variant_keeps_commas_inside_brackets():
-  assert default.parse_variant("digits, optimizer.decay_epochs=(100,150) ,a.b=[1,(2,3)]") == (
+  assert config_string.parse_variant("digits, optimizer.decay_epochs=(100,150) ,a.b=[1,(2,3)]") == (
       ["digits"], {"optimizer.decay_epochs": "(100,150)", "a.b": "[1,(2,3)]"})
-  assert default.parse_variant("") == ([], {})
+  assert config_string.parse_variant("") == ([], {})
 
 
 @pytest.mark.parametrize("variant, message", [
@@ -71,7 +71,7 @@ def test_a_bad_config_string_is_one_line_naming_the_problem(variant, message):
 
 
 def test_with_overrides_sets_fields_after_a_derived_configs_own_changes():
-  @default.with_overrides
+  @config_string.with_overrides
   def get_config(variant=""):
     assert variant == "digits"  # only the named variants reach the config file
     config = default.get_config(variant)
@@ -161,13 +161,13 @@ def test_every_field_takes_what_it_can_and_refuses_the_rest_in_one_line():
   # for over 10 minutes, crop_padding=10**6 trained on blank crops, a typo went unnoticed.
   digits = default.get_config("digits")
   accepted = {}
-  for field in default.field_paths(digits):
+  for field in config_string.field_paths(digits):
     current = config_path.get_value(field, digits)
     if isinstance(current, ml_collections.ConfigDict):
       continue
     for value in TYPED_TUPLES if isinstance(current, tuple) else TYPED_VALUES:
       try:  # any other exception fails the test, with its traceback
-        validation.validate(_with_field(field, value), 1)
+        checks.validate(_with_field(field, value), 1)
       except ConfigError as e:
         assert f"config.{field}" in str(e) and "\n" not in str(e), (field, value, str(e))
       else:
@@ -179,13 +179,13 @@ def test_a_field_nin_jax_does_not_have_or_a_replaced_section_is_one_line():
   typo = _with_field("optimizer.learning_rte", 0.1)  # would train at the default rate, silently
   with pytest.raises(ConfigError, match=r"optimizer.learning_rte is not a nin-jax config field; "
                                         r"did you mean optimizer.learning_rate\?"):
-    validation.validate(typo, 1)
+    checks.validate(typo, 1)
   with pytest.raises(ConfigError, match=r"--config.model='nin' replaces a section"):
-    validation.validate(_with_field("model", "nin"), 1)
+    checks.validate(_with_field("model", "nin"), 1)
   # before: RESOURCE_EXHAUSTED allocating 614 GB, as "a bug in nin-jax", after compiling
   with pytest.raises(ConfigError, match=r"has 154,700,111,946 parameters: 1856.4 GB as float32 "
                                         r"weights, momentum and gradients, more than the"):
-    validation.validate(_with_field("model.head", "fc", model__fc_hidden=(10**8,)), 1)
+    checks.validate(_with_field("model.head", "fc", model__fc_hidden=(10**8,)), 1)
   from experiments import ablate_head
   for key in ("num_seeds", "devices_per_run", "runs_at_once"):
     for value in (-1, "x", None, 0.5, True, 2**31):
@@ -193,12 +193,12 @@ def test_a_field_nin_jax_does_not_have_or_a_replaced_section_is_one_line():
       with config.ablation.ignore_type():
         config.ablation[key] = value
       with pytest.raises(ConfigError, match=rf"--config.ablation.{key}="):
-        validation.validate_ablation(config)
+        checks.validate_ablation(config)
   # numpy scalars are numbers too, in tuples as well (tuple(np.array(...)) makes them)
-  validation.validate(_with_field("batch_size", np.int64(64), optimizer__learning_rate=np.float32(
+  checks.validate(_with_field("batch_size", np.int64(64), optimizer__learning_rate=np.float32(
       0.05), model__head="fc", model__fc_hidden=(np.int64(64),), optimizer__schedule="step",
       optimizer__decay_epochs=(np.int64(30), np.float32(50.0))), 1)
   # a file named but not used: it trained on the digits and ignored the file
   with pytest.raises(ConfigError, match=r"--config.npz_path=/data/x.npz is set but "
                                         r"--config.dataset=digits: add --config.dataset=npz"):
-    validation.validate(_with_field("npz_path", "/data/x.npz"), 1)
+    checks.validate(_with_field("npz_path", "/data/x.npz"), 1)

@@ -47,7 +47,7 @@ os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 import numpy as np  # noqa: E402
 
 from experiments import default  # noqa: E402
-from nin_jax import checkpointing  # noqa: E402
+from nin_jax import checkpointing, config_string  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,15 +61,7 @@ def digits_config(**overrides):
   return set_fields(config, overrides)
 
 
-def set_fields(config, fields):
-  """`config` with `fields` set: dotted keys, {"model.head": "fc"}."""
-  for key, value in fields.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+set_fields = config_string.set_fields  # `config` with {"model.head": "fc"} set: dotted keys
 
 
 def run_launch(*args, devices=4, timeout=600):

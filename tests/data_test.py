@@ -6,7 +6,7 @@ import pytest
 import tensorflow_datasets as tfds
 from conftest import digits_config
 
-from nin_jax import data
+from nin_jax import data, placement
 from nin_jax.errors import ConfigError, DataError
 from nin_jax.placement import Placement
 
@@ -253,31 +253,32 @@ def test_train_batches_depend_on_seed_and_step_only_and_cover_each_epoch_once():
   dataset = data.load_dataset(digits_config())
   one_host = Placement.everywhere()
 
-  def rows(data_set, step, batch, seed, devices, parts=1):
-    return data.train_indices(data_set, step, batch, seed, devices, parts, one_host)["index"]
+  def rows(data_set, step, batch, seed, parts=1):  # over the 4 devices
+    return data.train_indices(data_set, step, batch, seed, parts, one_host)["index"]
 
-  indices = [rows(dataset, step, 64, 3, 4).reshape(-1) for step in range(22)]
-  again = rows(dataset, 5, 64, 3, 4)
+  indices = [rows(dataset, step, 64, 3).reshape(-1) for step in range(22)]
+  again = rows(dataset, 5, 64, 3)
   np.testing.assert_array_equal(indices[5], again.reshape(-1))
   assert again.shape == (4, 16) and again.dtype == np.int32
-  assert not np.array_equal(indices[5], rows(dataset, 5, 64, 4, 4).reshape(-1))  # other seed
+  assert not np.array_equal(indices[5], rows(dataset, 5, 64, 4).reshape(-1))  # other seed
   # Within an epoch no example comes twice.
   indexed = data.Dataset(np.zeros((100, 1, 1, 1), np.float32), np.zeros(100), None, None,
                          num_classes=1, num_train_examples=100, num_test_examples=0)
   for parts in (1, 2, 4):
-    assert data.steps_per_epoch(100, 16, parts) == 6  # 6 x 16 = 96 of 100
-    epoch = np.concatenate([rows(indexed, s, 16, 3, 2, parts).reshape(-1) for s in range(6)])
+    assert placement.steps_per_epoch(100, 16, parts) == 6  # 6 x 16 = 96 of 100
+    epoch = np.concatenate([rows(indexed, s, 16, 3, parts).reshape(-1) for s in range(6)])
     assert len(np.unique(epoch)) == 96 and epoch.min() >= 0 and epoch.max() < 100
-    next_epoch = rows(indexed, 6, 16, 3, 2, parts).reshape(-1)
+    next_epoch = rows(indexed, 6, 16, 3, parts).reshape(-1)
     assert not np.array_equal(next_epoch, epoch[:16])  # a fresh order each epoch
     # each part gives the same share of every batch, from its own contiguous range
-    first = rows(indexed, 0, 16, 3, 1, parts).reshape(parts, -1)
+    first = rows(indexed, 0, 16, 3, parts).reshape(parts, -1)
     for part, share in enumerate(first):
       assert np.all((share >= 100 * part // parts) & (share < 100 * (part + 1) // parts))
 
 
 def test_eval_batches_count_every_example_once():
-  batches = list(data.eval_indices(10, batch_size=4, num_batches=3, num_devices=2))
+  two_devices = Placement.local(jax.local_devices()[:2])
+  batches = list(data.eval_indices(10, batch_size=4, num_batches=3, placement=two_devices))
   assert len(batches) == 3 and batches[0]["index"].shape == (2, 2)
   mask = np.concatenate([b["mask"].reshape(-1) for b in batches])
   seen = np.concatenate([b["index"].reshape(-1) for b in batches])[mask == 1]

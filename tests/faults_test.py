@@ -18,7 +18,8 @@ from conftest import REPO, digits_config, launch_here, run_launch, xla_flags
 from data_test import write_npz
 from report_test import write_fake_sweep
 
-from nin_jax import cam, checkpointing, data, files, metrics, report, sweep, train, validation
+from nin_jax import (cam, checkpointing, checks, data, files, metrics, models, report, sweep,
+                     train)
 from nin_jax import workdir as run_workdir
 from nin_jax.errors import ConfigError, StorageError
 
@@ -160,7 +161,7 @@ def test_constant_schedule_with_warm_up():
 ])
 def test_schedules_that_cannot_work_are_refused(fields, message):
   with pytest.raises(ConfigError, match=message):
-    validation.validate(digits_config(**fields))
+    checks.validate(digits_config(**fields))
 
 
 # 3. Run files written in place ----------------------------------------------------------------
@@ -242,9 +243,9 @@ def test_a_preset_too_big_for_the_images_is_refused_with_its_smallest_input(tmp_
   # by hand: conv 11/4 -> 8 needs 39 pixels; 8 -> pool 4 -> pool 2 -> pool 1 -> last block 1
   with pytest.raises(ConfigError, match=r"nin_imagenet cannot take 8 x 8 images \(digits\).* "
                                         r"smallest input is 39 x 39"):
-    validation.validate(digits_config(**{"model.preset": "nin_imagenet"}))
-  model = train.create_model(digits_config(**{"model.preset": "nin_imagenet"}), 10)
-  assert validation.block_shapes(model, (39, 39, 3))[-1][1] == (1, 1, 1, 10)
+    checks.validate(digits_config(**{"model.preset": "nin_imagenet"}))
+  model = models.NIN(num_classes=10, **digits_config(**{"model.preset": "nin_imagenet"}).model)
+  assert checks.block_shapes(model, (39, 39, 3))[-1][1] == (1, 1, 1, 10)
   result = launch_here("--config=experiments/default.py:digits", f"--workdir={tmp_path / 'w'}",
                        "--config.model.preset=nin_imagenet")
   assert result.returncode == 1 and "Traceback" not in result.stderr
@@ -259,7 +260,7 @@ def test_npz_images_too_small_for_the_preset_are_refused(tmp_path):
   config = digits_config(dataset="npz", npz_path=path, **{"model.preset": "nin_cifar"})
   with pytest.raises(ConfigError, match=r"nin_cifar cannot take 3 x 3 images \(npz\).*"
                                         r"smallest input is 4 x 4"):
-    validation.validate(config)
+    checks.validate(config)
 
 
 # 7. Preprocessing that cannot fit -------------------------------------------------------------
@@ -270,9 +271,9 @@ def test_zca_on_images_too_large_is_refused_before_any_work():
                          **{"synthetic.image_shape": shape, "model.preset": "nin_cifar"})
   with pytest.raises(ConfigError, match=r"gcn_zca on 64x64x3 images needs a 12,288 x 12,288 "
                                         r"covariance \(1\.2 GB\).*--config\.preprocess=mean_std"):
-    validation.validate(config((64, 64, 3)))
-  validation.validate(config((32, 32, 3)))  # CIFAR's 3,072: fine
-  validation.validate(config((64, 64, 1)))  # 4,096: the limit
+    checks.validate(config((64, 64, 3)))
+  checks.validate(config((32, 32, 3)))  # CIFAR's 3,072: fine
+  checks.validate(config((64, 64, 1)))  # 4,096: the limit
 
 
 # 8. Flags that need other flags ----------------------------------------------------------------
@@ -421,7 +422,7 @@ def test_a_url_with_one_slash_is_refused_not_made_a_local_folder():
 ])
 def test_values_the_flag_parser_accepts_but_cannot_work(fields, message):
   with pytest.raises(ConfigError, match=re.escape(message)):
-    validation.validate(digits_config(**fields))
+    checks.validate(digits_config(**fields))
 
 
 def test_decay_epochs_on_the_same_step_and_runs_shorter_than_a_step_are_refused(tmp_path):

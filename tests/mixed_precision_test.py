@@ -1,13 +1,14 @@
 """Mixed precision (model.dtype=bfloat16): what runs in float32, and the CPU's bfloat16 facts.
 The numerics against float32 are in tests/models_test.py; the speed in `python -m
-nin_jax.benchmark` (README.md, "Mixed precision")."""
+nin_jax.benchmark` (docs/mixed_precision.md)."""
 import logging
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from nin_jax import checkpointing, placement, train
+from nin_jax import checkpointing, models, placement, train
+from nin_jax.placement import AXIS
 from tests.conftest import digits_config
 
 X86 = "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 {extra} sse4_2\n"
@@ -51,7 +52,7 @@ def _lowered_products(config):
   and eval steps of `config`'s model, as train.py maps them (shapes only: nothing compiled)."""
   import re
   from nin_jax.placement import Placement
-  model = train.create_model(config, 10)
+  model = models.NIN(num_classes=10, axis_name=AXIS, **config.model)
   variables = jax.eval_shape(
       lambda key: model.init(key, jnp.zeros((1, 8, 8, 1)), train=False), jax.random.PRNGKey(0))
   tx = train.create_optimizer(config.optimizer, variables["params"], lambda step: 0.1)

@@ -43,11 +43,13 @@ def num_params(model, image_shape):
 
 @pytest.mark.parametrize("num_classes, expected", [(10, 966_986), (100, 984_356)])
 def test_nin_cifar_has_the_authors_parameter_count(num_classes, expected):
-  assert num_params(models.create_model("nin_cifar", num_classes), (32, 32, 3)) == expected
+  model = models.NIN(num_classes=num_classes, preset="nin_cifar")
+  assert num_params(model, (32, 32, 3)) == expected
 
 
 def test_nin_cifar_layer_sizes_match_the_authors_files():
-  params = jax.eval_shape(lambda: init(models.create_model("nin_cifar", 10), (32, 32, 3)))
+  model = models.NIN(num_classes=10, preset="nin_cifar")
+  params = jax.eval_shape(lambda: init(model, (32, 32, 3)))
   per_layer = [sum(int(np.prod(p.shape)) for p in layer.values())
                for block in params.values() for layer in ordered_layers(block)]
   # conv1, cccp1, cccp2, conv2, cccp3, cccp4, conv3, cccp5, cccp6 (NIN_REFERENCE.md)
@@ -58,7 +60,8 @@ def test_nin_cifar_layer_sizes_match_the_authors_files():
                                             ("fc_dropout", 1_087_946)])
 def test_head_parameter_counts_as_documented_in_readme(head, expected):
   # FC heads drop the class-map layer (1,930) and add a dense 8*8*192 -> 10 (122,890).
-  assert num_params(models.create_model("nin_cifar", 10, head), (32, 32, 3)) == expected
+  model = models.NIN(num_classes=10, preset="nin_cifar", head=head)
+  assert num_params(model, (32, 32, 3)) == expected
 
 
 @pytest.mark.parametrize("preset, image_shape, num_classes", [
@@ -66,7 +69,7 @@ def test_head_parameter_counts_as_documented_in_readme(head, expected):
     ("nin_imagenet", (224, 224, 3), 1000)])
 @pytest.mark.parametrize("head", models.HEADS)
 def test_logits_shape(preset, image_shape, num_classes, head):
-  model = models.create_model(preset, num_classes, head)
+  model = models.NIN(num_classes=num_classes, preset=preset, head=head)
   logits = jax.eval_shape(lambda: model.apply({"params": init(model, image_shape)},
                                               jnp.zeros((2, *image_shape)), train=False))
   assert logits.shape == (2, num_classes)
@@ -74,18 +77,19 @@ def test_logits_shape(preset, image_shape, num_classes, head):
 
 def test_nin_imagenet_matches_the_caffe_zoo_size():
   # NIN_REFERENCE.md: 7.6 M parameters.
-  assert num_params(models.create_model("nin_imagenet", 1000), (224, 224, 3)) == 7_595_176
+  model = models.NIN(num_classes=1000, preset="nin_imagenet")
+  assert num_params(model, (224, 224, 3)) == 7_595_176
 
 
 def test_ceil_mode_pooling_sizes():
   x = jnp.zeros((1, 32, 32, 4))
-  assert models.pool(x, "max").shape == (1, 16, 16, 4)       # 32 -> 16, not 15
-  assert models.pool(models.pool(x, "max"), "avg").shape == (1, 8, 8, 4)
-  assert models.pool(jnp.zeros((1, 54, 54, 1)), "max").shape == (1, 27, 27, 1)
+  assert models.max_pool(x).shape == (1, 16, 16, 4)       # 32 -> 16, not 15
+  assert models.avg_pool(models.max_pool(x)).shape == (1, 8, 8, 4)
+  assert models.max_pool(jnp.zeros((1, 54, 54, 1))).shape == (1, 27, 27, 1)
 
 
 def test_gap_score_is_the_spatial_mean_of_the_class_maps():
-  model = models.create_model("nin_digits", 10)
+  model = models.NIN(num_classes=10, preset="nin_digits")
   x = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 8, 1))
   params = init(model, (8, 8, 1))
   logits, state = model.apply({"params": params}, x, train=False,
@@ -145,7 +149,7 @@ def reference_logits(params, x, blocks, num_classes):
 
 def test_optimised_model_matches_a_plain_formulation_in_logits_and_gradients():
   # Over 20 s: the CIFAR network's gradients in two formulations, each compiled.
-  model = models.create_model("nin_cifar", 10)
+  model = models.NIN(num_classes=10, preset="nin_cifar")
   x = jax.random.normal(jax.random.PRNGKey(1), (4, 32, 32, 3))
   labels = jnp.arange(4)
   params = init(model, (32, 32, 3))
@@ -174,8 +178,8 @@ def test_optimised_model_matches_a_plain_formulation_in_logits_and_gradients():
 def test_bfloat16_compute_keeps_float32_weights_and_logits():
   # Over 20 s: the CIFAR network compiled in both dtypes, bfloat16 emulated on this CPU.
   x = jax.random.normal(jax.random.PRNGKey(1), (2, 32, 32, 3))
-  f32 = models.create_model("nin_cifar", 10)
-  bf16 = models.create_model("nin_cifar", 10, dtype="bfloat16")
+  f32 = models.NIN(num_classes=10, preset="nin_cifar")
+  bf16 = models.NIN(num_classes=10, preset="nin_cifar", dtype="bfloat16")
   params = init(f32, (32, 32, 3))
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(init(bf16, (32, 32, 3))))
   low = compiled(functools.partial(bf16.apply, train=False), {"params": params}, x)
@@ -188,7 +192,7 @@ def test_bfloat16_compute_keeps_float32_weights_and_logits():
 def test_bfloat16_gradients_match_a_float32_reference(head, scale):
   # Over 20 s: the CIFAR network's forward and backward compiled in float32 and in bfloat16, which
   # this CPU emulates.
-  # What mixed precision promises (README.md, "Mixed precision"): the function and gradients of
+  # What mixed precision promises (docs/mixed_precision.md): the function and gradients of
   # float32 to bfloat16 precision (8 significant bits), so that an SGD step points the same
   # way. The mean cross-entropy in train mode (the same dropout masks: the same key); gradients
   # compared leaf by leaf. Rounding flips the ReLU masks of pre-activations near zero, so the
@@ -197,8 +201,8 @@ def test_bfloat16_gradients_match_a_float32_reference(head, scale):
   # transposed kernel, a lost bias, a bfloat16 gradient of the master weights) is far outside.
   x = jax.random.uniform(jax.random.PRNGKey(1), (8, 32, 32, 3))
   labels = jnp.arange(8) % 10
-  f32 = models.create_model("nin_cifar", 10, head=head)
-  bf16 = models.create_model("nin_cifar", 10, head=head, dtype="bfloat16")
+  f32 = models.NIN(num_classes=10, preset="nin_cifar", head=head)
+  bf16 = models.NIN(num_classes=10, preset="nin_cifar", head=head, dtype="bfloat16")
   params = init(f32, (32, 32, 3))
   # The authors' N(0, 0.05^2) init leaves the class maps near zero (logits ~0.02); `scale`
   # gives logits of std ~1 to 3, with a gradient in every layer worth comparing.
@@ -230,7 +234,7 @@ def test_bfloat16_gradients_match_a_float32_reference(head, scale):
 
 @pytest.mark.parametrize("num_1x1", [0, 1, 2, 3])
 def test_depth_ablation_keeps_shapes_and_counts_layers(num_1x1):
-  model = models.create_model("nin_cifar", 10, num_1x1=num_1x1)
+  model = models.NIN(num_classes=10, preset="nin_cifar", num_1x1=num_1x1)
   params = jax.eval_shape(lambda: init(model, (32, 32, 3)))
   assert [len(block) for block in params.values()] == [num_1x1 + 1] * 3
   assert params["mlpconv3"]["classifier"]["kernel"].shape[-1] == 10
@@ -242,8 +246,8 @@ def test_depth_ablation_keeps_shapes_and_counts_layers(num_1x1):
 def test_fc_heads_at_every_depth_keep_the_body_without_the_class_map_layer(num_1x1):
   """The FC body is the GAP body minus its class-map layer: at depth 0 that layer is the last
   k x k conv itself, which an FC head keeps at the preset's width (192), not num_classes."""
-  fc = jax.eval_shape(lambda: init(models.create_model("nin_cifar", 10, "fc", num_1x1=num_1x1),
-                                   (32, 32, 3)))
+  model = models.NIN(num_classes=10, preset="nin_cifar", head="fc", num_1x1=num_1x1)
+  fc = jax.eval_shape(lambda: init(model, (32, 32, 3)))
   last = fc["mlpconv3"]
   assert last["conv"]["kernel"].shape == (3, 3, 192, 192)
   assert len(last) == max(1, num_1x1)  # the conv, and the 1 x 1 layers but the class maps
@@ -253,6 +257,6 @@ def test_fc_heads_at_every_depth_keep_the_body_without_the_class_map_layer(num_1
 
 def test_unknown_names_are_config_errors():
   with pytest.raises(ConfigError, match="preset"):
-    models.create_model("nin_cifra", 10)
+    models.NIN(num_classes=10, preset="nin_cifra")
   with pytest.raises(ConfigError, match="head"):
-    models.create_model("nin_cifar", 10, head="gpa")
+    models.NIN(num_classes=10, preset="nin_cifar", head="gpa")

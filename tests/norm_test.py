@@ -1,20 +1,15 @@
 """model.norm: BatchNorm before each ReLU (NIN+BN), its statistics across devices, its running
 averages in the train state and the checkpoints; and runs without it as before."""
-import json
 
-import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 import pytest
 from conftest import digits_config, flatten
 
-from nin_jax import checkpointing, data, models, train, validation
-from nin_jax import workdir as run_workdir
+from nin_jax import checkpointing, checks, data, models, train
 from nin_jax.errors import ConfigError
-from nin_jax.placement import Placement
+from nin_jax.placement import AXIS, Placement
 
 BATCH = {"model.norm": "batch"}
 # nin_digits: (96, 96, 96) then (96, 96, 10 class maps); every layer gets a BatchNorm
@@ -32,8 +27,8 @@ def _count(tree):
 
 
 def test_batch_norm_variables_of_nin_digits():
-  plain = _init(train.create_model(digits_config(), 10))
-  normed = _init(train.create_model(digits_config(**BATCH), 10))
+  plain = _init(models.NIN(num_classes=10, axis_name=AXIS, **digits_config().model))
+  normed = _init(models.NIN(num_classes=10, axis_name=AXIS, **digits_config(**BATCH).model))
   assert set(plain) == {"params"}
   assert set(normed) == {"params", "batch_stats"}
   stats = normed["batch_stats"]
@@ -49,7 +44,8 @@ def test_batch_norm_variables_of_nin_digits():
   assert _count(normed["params"]) == _count(plain["params"]) + widths
   assert _count(stats) == 2 * widths
   # FC heads: BatchNorm before each hidden ReLU, none on the logits
-  fc = _init(models.create_model("nin_digits", 10, head="fc", fc_hidden=(32,), norm="batch"))
+  fc = _init(models.NIN(num_classes=10, preset="nin_digits", head="fc", fc_hidden=(32,),
+                        norm="batch"))
   assert fc["batch_stats"]["fc1_bn"]["mean"].shape == (32,)
   assert set(fc["params"]["classifier"]) == {"kernel", "bias"}
   assert "classifier_bn" not in fc["params"]
@@ -61,14 +57,13 @@ def test_batch_norm_variables_of_nin_digits():
 
 def test_norm_is_validated():
   with pytest.raises(ConfigError, match=r"model\.norm='layer' is not one of \['none', 'batch'\]"):
-    validation.validate(digits_config(**{"model.norm": "layer"}), 4)
+    checks.validate(digits_config(**{"model.norm": "layer"}), 4)
 
 
 def _one_step(config, model, state, dataset, num_devices, batch_size, microbatch_size=0):
   placement = Placement.local(jax.local_devices()[:num_devices])
   on_device = placement.replicate({"image": dataset.x_train, "label": dataset.y_train})
-  batch = placement.shard(data.train_indices(dataset, 0, batch_size, 0, num_devices, 1,
-                                             placement))
+  batch = placement.shard(data.train_indices(dataset, 0, batch_size, 0, 1, placement))
   tx = train.create_optimizer(config.optimizer, state.params, lambda step: 0.1)
   step = placement.map(train.train_step, model=model, tx=tx, learning_rate_fn=lambda step: 0.1,
                        augment_config=config.augment, microbatch_size=microbatch_size)
@@ -80,7 +75,7 @@ def test_batch_statistics_are_averaged_across_devices():
   over 4 devices), gives the new params and running averages of one device with all 16."""
   # Over 20 s: 4 train steps compiled for 1 and 4 devices and micro-batches.
   config = digits_config(**BATCH, **{"model.dropout": 0.0})  # dropout masks differ per device
-  model = train.create_model(config, 10)
+  model = models.NIN(num_classes=10, axis_name=AXIS, **config.model)
   dataset = data.load_synthetic((8, 8, 1), 10, num_train=16, num_test=1)
   dataset.x_train = dataset.x_train.astype(np.float32) / 255
   model_variables = _init(model)
@@ -113,7 +108,7 @@ def test_batch_statistics_are_averaged_across_devices():
 
 def test_evaluation_uses_the_running_averages():
   """With train=False an image's logits do not depend on the rest of its batch."""
-  model = train.create_model(digits_config(**BATCH), 10)
+  model = models.NIN(num_classes=10, axis_name=AXIS, **digits_config(**BATCH).model)
   model_variables = _init(model)
   keys = iter(jax.random.split(jax.random.PRNGKey(2), 100))
   # running averages away from init's 0 and 1, so that using them shows in the logits
@@ -124,7 +119,7 @@ def test_evaluation_uses_the_running_averages():
   in_batch = model.apply(model_variables, images, train=False)
   np.testing.assert_allclose(alone, in_batch[:1], rtol=1e-5, atol=1e-6)
   # training mode normalises with the batch's own statistics: there the batch matters
-  plain = train.create_model(digits_config(**BATCH, **{"model.dropout": 0.0}), 10, axis_name=None)
+  plain = models.NIN(num_classes=10, **digits_config(**BATCH, **{"model.dropout": 0.0}).model)
   alone, _ = plain.apply(model_variables, images[:2], train=True, mutable=["batch_stats"])
   in_batch, _ = plain.apply(model_variables, images, train=True, mutable=["batch_stats"])
   assert np.abs(alone - in_batch[:2]).max() > 1e-3
@@ -148,47 +143,3 @@ def test_batch_norm_run_resumes_exactly(tmp_path):
   # little: 8% here, 13% without BN; after 5 epochs 85% with BN against 36% without)
   means = [v for k, v in a.items() if k.startswith("batch_stats/") and k.endswith("/mean")]
   assert max(np.abs(m).max() for m in means) > 1e-2
-
-
-@flax.struct.dataclass
-class _TrainStateBeforeModelState:
-  """TrainState as checkpoints were written before it had `model_state`."""
-  step: jax.Array
-  params: flax.core.FrozenDict
-  opt_state: optax.OptState
-  rng: jax.Array
-
-
-def test_without_norm_old_checkpoints_and_configs_still_restore(tmp_path):
-  config = digits_config()
-  model = train.create_model(config, 10)
-  model_variables = _init(model)
-  tx = train.create_optimizer(config.optimizer, model_variables["params"], lambda step: 0.1)
-  state = train.create_train_state(model_variables, tx, jax.random.PRNGKey(1))
-  assert state.model_state == {} and set(train.variables(state)) == {"params"}
-  # a checkpoint written before the train state had a model state
-  params = jax.tree.map(lambda x: x + 1.0, state.params)
-  old = _TrainStateBeforeModelState(step=jnp.int32(5), params=params,
-                                    opt_state=tx.init(params), rng=jax.random.PRNGKey(7))
-  manager = checkpointing.create_manager(tmp_path, every_steps=1, keep=2)
-  checkpointing.save(manager, 5, old, force=True)
-  checkpointing.finish(manager)
-  manager = checkpointing.create_manager(tmp_path, every_steps=1, keep=2)
-  restored = checkpointing.restore_latest(manager, state, tmp_path)
-  checkpointing.finish(manager)
-  assert isinstance(restored, train.TrainState) and int(restored.step) == 5
-  assert restored.model_state == {}
-  for name, value in flatten(params).items():
-    np.testing.assert_array_equal(flatten(restored.params)[name], value, err_msg=name)
-  np.testing.assert_array_equal(restored.rng, old.rng)
-  assert not (tmp_path / "damaged_checkpoints").exists()
-  assert set(checkpointing.restore_variables(tmp_path)) == {"params"}
-  assert flatten(checkpointing.restore_params(tmp_path)).keys() == flatten(params).keys()
-  # a config.json saved before model.norm existed: the same run, and its model rebuilds
-  saved = json.loads(json.dumps(config.to_dict()))
-  del saved["model"]["norm"]
-  assert "model.norm" not in run_workdir.differing_fields(saved, config.to_dict())
-  assert run_workdir.differing_fields(saved, digits_config(**BATCH).to_dict()) == {
-      "model.norm": ("none", "batch")}
-  rebuilt = train.create_model(ml_collections.ConfigDict(saved), 10)
-  assert rebuilt.norm == "none"

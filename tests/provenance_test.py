@@ -18,7 +18,8 @@ GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-c",
 
 
 def test_record_in_this_checkout():
-  config = ml_collections.ConfigDict({"lr": 0.1, "shape": (8, 8), "tag": None})
+  config = ml_collections.ConfigDict({"lr": 0.1, "shape": (8, 8), "tag": None,
+                                      "model": {"precision": "float32", "dtype": "float32"}})
   config.lr_copy = config.get_ref("lr")  # a reference, resolved in the record
   record = provenance.record(config)
   json.dumps(record, allow_nan=False)  # serialisable as strict JSON
@@ -29,7 +30,8 @@ def test_record_in_this_checkout():
   assert record["versions"]["python"] == ".".join(map(str, sys.version_info[:3]))
   assert (record["platform"], record["device_kind"], record["num_devices"]) == ("cpu", "cpu", 4)
   assert record["process_count"] == 1
-  assert record["config"] == {"lr": 0.1, "lr_copy": 0.1, "shape": [8, 8], "tag": None}
+  assert record["config"] == {"lr": 0.1, "lr_copy": 0.1, "shape": [8, 8], "tag": None,
+                              "model": {"precision": "float32", "dtype": "float32"}}
 
 
 def test_record_of_code_outside_a_checkout(tmp_path):
@@ -40,7 +42,7 @@ def test_record_of_code_outside_a_checkout(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(site), JAX_PLATFORMS="cpu")
   done = subprocess.run(
       [sys.executable, "-c", "import json; from nin_jax import provenance; "
-       "r = provenance.record({'a': 1}); print(json.dumps([provenance.__file__, r['git']]))"],
+       "r = provenance.record({'model': {'precision': 'float32', 'dtype': 'float32'}}); print(json.dumps([provenance.__file__, r['git']]))"],
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=True)
   path, git = json.loads(done.stdout.strip().splitlines()[-1])
   assert path.startswith(str(site))

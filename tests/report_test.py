@@ -113,7 +113,8 @@ def write_fake_sweep(workdir, errors_by_arm, paper=None):
   arms = list(errors_by_arm)
   num_seeds = max(len(e) for e in errors_by_arm.values())
   (workdir / "sweep.json").write_text(json.dumps({
-      "field": "model.head", "arms": arms, "num_seeds": num_seeds,
+      "field": "model.head", "swept": ["model.head"], "arms": arms, "num_seeds": num_seeds,
+      "seeds": list(range(num_seeds)),
       "paper_test_error": paper or {}, "dataset": "digits"}))
   for arm, errors in errors_by_arm.items():
     for seed, error in enumerate(errors):

@@ -40,7 +40,7 @@ def test_micro_batches_give_the_same_update_as_the_whole_batch():
   import ml_collections
   from nin_jax import data, models
   from nin_jax.placement import Placement
-  model = models.create_model("nin_cifar", 10, dropout=0.0)
+  model = models.NIN(num_classes=10, preset="nin_cifar", dropout=0.0)
   params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
   config = digits_config().optimizer
   tx = train.create_optimizer(config, params, lambda step: 0.1)
@@ -50,7 +50,7 @@ def test_micro_batches_give_the_same_update_as_the_whole_batch():
   dataset = data.load_synthetic((32, 32, 3), 10, num_train=16, num_test=1, placement=placement)
   on_device = placement.replicate({"image": dataset.x_train.astype(np.float32) / 255,
                                    "label": dataset.y_train})
-  batch = data.train_indices(dataset, 0, 16, 0, 1, 1, placement)
+  batch = data.train_indices(dataset, 0, 16, 0, 1, placement)
   augment = ml_collections.ConfigDict(dict(crop_padding=4, flip=True))
   results = {}
   for size in (0, 4):
@@ -71,7 +71,7 @@ def test_micro_batches_give_the_same_update_as_the_whole_batch():
 def _initial_params():
   from nin_jax import models
   import jax.numpy as jnp
-  model = models.create_model("nin_digits", 10, dropout=0.0, init_stddev=0.1)
+  model = models.NIN(num_classes=10, preset="nin_digits", dropout=0.0, init_stddev=0.1)
   init_rng, _ = jax.random.split(jax.random.PRNGKey(0))
   return model.init(init_rng, jnp.zeros((1, 8, 8, 1)), train=False)["params"]
 
