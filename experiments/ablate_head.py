@@ -42,8 +42,7 @@ from nin_jax import config_string
 # full rate (the authors' 0.1x, NIN_REFERENCE.md); in the FC heads it is the dense output layer,
 # which has no ReLU after it. The paper gives no rates for its FC heads, so the default arms train
 # that layer at the rate of every other layer (1x, "fair"), and the `both_fc_rates` variant adds
-# FC arms at the GAP model's 0.1x as well (what nin-jax ran before, and one reading of "the same
-# recipe for every head").
+# FC arms at the GAP model's 0.1x as well (one reading of "the same recipe for every head").
 HEAD_ARMS = {
     "gap": {"model.head": "gap", "optimizer.classifier_lr_multiplier": 0.1},
     "fc": {"model.head": "fc", "optimizer.classifier_lr_multiplier": 1.0},

@@ -41,7 +41,6 @@ from jax import lax
 from nin_jax.errors import ConfigError
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Head:
   """How the last block's output becomes logits.

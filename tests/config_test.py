@@ -202,3 +202,25 @@ def test_a_field_nin_jax_does_not_have_or_a_replaced_section_is_one_line():
   with pytest.raises(ConfigError, match=r"--config.npz_path=/data/x.npz is set but "
                                         r"--config.dataset=digits: add --config.dataset=npz"):
     checks.validate(_with_field("npz_path", "/data/x.npz"), 1)
+
+
+def test_config_model_is_the_models_own_fields_and_the_checks_take_its_tables():
+  """An axis declared in models.py is a config field, set from the config string and checked
+  against its table, with no other file to edit."""
+  import dataclasses
+  from nin_jax import models
+  fields = {f.name for f in dataclasses.fields(models.NIN)} - {"parent", "name"}
+  config = default.get_config("digits")
+  assert set(config.model) == fields - {"num_classes", "axis_name"}
+  model = models.NIN(num_classes=10, **config.model)
+  assert (model.preset, model.head, model.num_1x1) == ("nin_digits", "gap", None)
+  for field, table in models.CHOICES.items():
+    assert config.model[field] is None or config.model[field] in table, field
+    bad = default.get_config("digits")
+    bad.model[field] = "no_such_" + field
+    with pytest.raises(ConfigError, match=rf"^--config.model.{field}='no_such_{field}' is not one "
+                                          rf"of \[{', '.join(repr(k) for k in table)}\]$"):
+      checks.validate(bad, 4)
+  # set from the config string, parsed to the field's type (a placeholder's declared one)
+  parsed = default.get_config("digits,model.num_1x1=1,model.fc_hidden=(64,),model.head=fc")
+  assert (parsed.model.num_1x1, parsed.model.fc_hidden, parsed.model.head) == (1, (64,), "fc")
