@@ -15,7 +15,8 @@ Quick variant, no network needed:
   python launch.py --config=experiments/default.py:digits --workdir=/tmp/nin_digits
 
   Hardware: 2 CPU cores. Time: ~1 minute including start-up. Expected: >= 97% test accuracy
-  on the 359 held-out digits (README.md: 98.33% with seed 0, 28 s of training).
+  on the 359 held-out digits (98.33% with seed 0: 27.5 s of training, 30 s in all, on 2 cores of
+  an Intel Xeon on 2026-12-03).
 
 The config string after the colon is a comma-separated list, as in big_vision
 (nin_jax/config_string.py): named variants (augment, digits, holdout; the dataset first,

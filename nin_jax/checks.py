@@ -1,5 +1,5 @@
-"""Config checks: a run's config before anything is compiled or written; each problem is one ConfigError line
-that names the field and says how to fix it."""
+"""Config checks: a run's config before anything is compiled or written; each problem is one
+ConfigError line that names the field and says how to fix it."""
 import functools
 import logging
 import math
@@ -40,7 +40,8 @@ def _choice(config, key, choices):
 def _positive(config, *keys):
   """After check_fields: the numbers `keys` name must also be > 0."""
   for key in keys:
-    _require(config_string.get(config, key) > 0, f"--config.{key}={config_string.get(config, key)} must be > 0")
+    value = config_string.get(config, key)
+    _require(value > 0, f"--config.{key}={value} must be > 0")
 
 
 def _describe(kind):
@@ -81,7 +82,7 @@ def check_fields(config):
   for key in config_string.field_paths(config):
     if key.split(".")[0] in NOT_TRAINING:
       continue
-    value = config_path.get_value(key, config)
+    value = config_string.get(config, key)
     if key not in known:
       close = config_string.nearest_field(key, known)
       raise ConfigError(f"--config.{key} is not a nin-jax config field" +
@@ -93,9 +94,9 @@ def check_fields(config):
                f"--config.{key}={value!r} replaces a section of the config; set its fields, "
                f"such as --config.{config_string.first_field(key, known)}")
       continue
-    if value is None and config_path.get_value(key, defaults) is None:
+    if value is None and config_string.get(defaults, key) is None:
       continue  # unset: the preset's or the default's choice
-    unset = " (or None: unset)" if config_path.get_value(key, defaults) is None else ""
+    unset = " (or None: unset)" if config_string.get(defaults, key) is None else ""
     _require(_of_type(value, kind), f"--config.{key}={value!r} must be " +
              ("a finite number" if kind is float else _describe(kind)) + unset)
     for number in (value if kind is tuple else [value]):  # a tuple's range: its own check below
@@ -175,13 +176,15 @@ def validate(config, num_devices: int | None = None):
   _choice(config, "streaming.crop", streaming.CROPS)
   _positive(config, "streaming.image_size", "streaming.shuffle_buffer")
   for key in ("streaming.min_area", "streaming.eval_crop_fraction"):
-    _require(0 < config_string.get(config, key) <= 1, f"--config.{key}={config_string.get(config, key)} must be in (0, 1]")
+    value = config_string.get(config, key)
+    _require(0 < value <= 1, f"--config.{key}={value} must be in (0, 1]")
   if data.is_streamed(config.dataset):
     _streaming(config)
   devices = num_devices or jax.device_count()
   for key in ("batch_size", "eval_batch_size"):
     _require(config_string.get(config, key) % devices == 0,
-             f"--config.{key}={config_string.get(config, key)} does not divide by the {devices} devices; "
+             f"--config.{key}={config_string.get(config, key)} does not divide by the {devices} "
+             "devices; "
              f"use a multiple of {devices}")
   image_shape = data.image_shape(config)
   if image_shape:  # npz files are checked once loaded
@@ -305,7 +308,8 @@ def validate_ablation(config):
   _require(not per_run or local % per_run == 0,
            f"--config.ablation.devices_per_run={per_run} must divide this host's {local} devices "
            f"(or be 0: automatic)")
-  _require(ablation.num_seeds >= 1, f"--config.ablation.num_seeds={ablation.num_seeds} must be >= 1")
+  _require(ablation.num_seeds >= 1,
+           f"--config.ablation.num_seeds={ablation.num_seeds} must be >= 1")
   _require(_of_type(config.seed, int) and 0 <= config.seed <= MAX_INT - ablation.num_seeds + 1,
            f"--config.seed={config.seed!r}: a sweep's first seed must be an integer from 0 to "
            f"{MAX_INT - ablation.num_seeds + 1:,} (its runs take it and the "

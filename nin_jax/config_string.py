@@ -114,6 +114,9 @@ def apply_overrides(config: ml_collections.ConfigDict,
       raise ConfigError(f"{key} holds a {field_type.__name__}, which the config string cannot "
                         "set (only bool, int, float, str and tuple fields)")
     parser, expected = _PARSERS[field_type]
+    if text == "None":  # unset (model.num_1x1=None: the preset's); the checks refuse it elsewhere
+      config_path.set_value(key, config, None)
+      continue
     try:
       value = parser.parse(text)
     except ValueError:
@@ -177,7 +180,7 @@ def field_paths(config, prefix=""):
 
 
 def with_overrides(get_config):
-  """For a config file built on this one: `@default.with_overrides` above its
+  """For a config file built on experiments/default.py: `@config_string.with_overrides` above its
   `get_config(variant)` sets the config string's key=value fields on the config it returns,
   after its own changes (so `ablate_head.py:digits,ablation.num_seeds=10` works); its
   get_config sees only the named variants and a `dataset=` field, joined by commas

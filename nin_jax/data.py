@@ -596,8 +596,8 @@ def _epoch_order(seed, epoch, part, size):
 
 
 def train_indices(dataset, step, batch_size, seed, parts, placement: Placement):
-  """{"index": int32 [local devices, batch_size / parts * parts_per_host / local devices]}: the rows of
-  this host's shard (`dataset.x_train`) that make its share of the global batch of step `step`
+  """{"index": int32 [local devices, batch_size / parts * parts_per_host / local devices]}: the rows
+  of this host's shard (`dataset.x_train`) that make its share of the global batch of step `step`
   (`batch_size` is the global batch).
 
   A function of (seed, step) alone, so a resumed run sees exactly the examples an uninterrupted

@@ -12,7 +12,8 @@ flattens the remaining feature maps (8 x 8 x 192 for `nin_cifar`) and maps them 
 dense layer(s); `fc_dropout` applies dropout 0.5 before each dense layer.
 
 The ablation axes are data, declared once here: architectures (`BlockSpec` tuples in `PRESETS`),
-heads (`HEADS`), normalisations (`NORMS`), pools (`POOLS`), compute dtypes and precisions.
+heads (`HEADS`), normalisations (`NORMS`), compute dtypes and precisions; `POOLS` holds the
+pooling layers that a preset's blocks name.
 `CHOICES` maps each `NIN` field that picks from a table to its table: the config checks take the
 allowed values from there, and `config.model` is `NIN`'s own fields (experiments/default.py
 builds it from them), so a model is `NIN(num_classes=..., **config.model)` and a new axis is a
@@ -49,7 +50,8 @@ class Head:
     `classifier`) and a class's score is its map's spatial mean; no parameters of its own.
     Otherwise an FC head: the body does without the class-map layer, and the remaining feature
     maps are flattened into dense layers (`fc_hidden`, then `classifier`).
-  dropout: the rate of the dropout before each dense layer of an FC head (0: none).
+  dropout: the rate of the dropout on the class maps before their average (a GAP head), or
+    before each dense layer (an FC head); 0: none.
   """
   class_maps: bool
   dropout: float = 0.0
@@ -323,6 +325,9 @@ class NIN(nn.Module):
   axis_name: str | None = None
 
   def __post_init__(self):
+    # a tuple, whatever the config held (a list, read back from a run's config.json): a Module's
+    # fields must hash, for jit's static arguments and flax's own caches
+    object.__setattr__(self, "fc_hidden", tuple(self.fc_hidden))
     for field, table in CHOICES.items():
       if getattr(self, field) not in table:
         raise ConfigError(f"unknown model.{field} {getattr(self, field)!r}; choose one of "
@@ -363,6 +368,8 @@ class NIN(nn.Module):
       if block.dropout:
         x = nn.Dropout(block.dropout, deterministic=not train)(x)
 
+    if head.dropout and head.class_maps:
+      x = nn.Dropout(head.dropout, deterministic=not train)(x)
     if head.class_maps:
       # one map per class; the score is its spatial mean (summed in float32)
       return jnp.mean(x.astype(jnp.float32), axis=(1, 2))

@@ -111,6 +111,16 @@ class Placement:
     """A run of a sweep, on some devices of this process only."""
     return self.devices is not None
 
+  @property
+  def spans_hosts(self) -> bool:
+    """A run over the devices of several processes: its state and steps are global arrays, and
+    its hosts must agree (on preemption, say) before they stop."""
+    return not self.is_local and self.process_count > 1
+
+  def round_up(self, size: int) -> int:
+    """`size` rounded up to a multiple of the run's devices (a batch they can split)."""
+    return -(-size // self.num_devices) * self.num_devices
+
   def describe(self) -> str:
     platform = self.local_devices[0].platform
     if self.is_local:

@@ -12,8 +12,8 @@ files in ArrayRecord format (`tfds.data_source`), which imagenet2012 prepared th
 Determinism: the examples and augmentation of step s are a function of (seed, s), as for the
 in-memory sources, so a resumed run ends bit-identical to an uninterrupted one, on any number of
 hosts with the same `data_shards`:
-  * the training split falls into `parts` contiguous ranges (placement.part_bounds), each read as its
-    own TFDS slice `train[start:end]`; host h reads only the parts it feeds (data.py's layout);
+  * the training split falls into `parts` contiguous ranges (placement.part_bounds), each read as
+    its own TFDS slice `train[start:end]`; host h reads only the parts it feeds (data.py's layout);
   * in epoch e, part p is read with its files in an order drawn from (seed, e, p) and shuffled in
     a buffer seeded by the same; step e * steps_per_epoch + i takes its records i * per_part ..
     (i + 1) * per_part - 1, and a global batch is the parts' records side by side;

@@ -13,8 +13,8 @@ stops every run of this host at a checkpoint and is raised.
 Filling the machine. This host's devices are cut into groups of `ablation.devices_per_run`, and
 `ablation.runs_at_once` runs train at the same time, each on a group (several share a group when
 there are more runs at once than groups), in threads of this process: a step releases Python's
-lock while it runs, and the runs of one arm share their compiled program (train.compiled_once) and the
-dataset on the devices (train.put_dataset). A run's result does not depend on where, or beside
+lock while it runs, and the runs of one arm share their compiled program (train.compiled_once) and
+the dataset on the devices (train.put_dataset). A run's result does not depend on where, or beside
 what, it trained: its batches, augmentation and dropout come from (seed, step) alone.
 
 Several hosts (jax.distributed, e.g. a TPU pod slice): each host trains its own share of the runs
@@ -240,7 +240,10 @@ def run_sweep(config, workdir, only_arms=None, overwrite=False):
     per_run, at_once = placement_of(config.ablation)
     runs = expand(config, only_arms)
     for run in runs:  # every arm's config, before the first run starts
-      checks.validate(run.config, per_run)
+      try:
+        checks.validate(run.config, per_run)
+      except ConfigError as e:  # the field may be one the arm sets: say which run it is
+        raise ConfigError(f"run {run.subdir}: {e}") from None
       if not overwrite:  # a finished run of another config must not pass as this sweep's
         run_workdir.check_or_clear(workdir / run.subdir, run.config, overwrite=False)
     workdir.mkdir(parents=True, exist_ok=True)  # every host: per-host folders each need theirs
@@ -336,7 +339,8 @@ def train_placed(runs, workdir, devices_per_run, runs_at_once, overwrite=False):
         return
       logging.info("Run %d/%d %s on %s", index, len(runs), run.subdir, placement.describe())
       started = time.time()
-      (workdir / run.subdir / metrics.DIVERGED_FILE).unlink(missing_ok=True)  # trained again: no record
+      # trained again: no record
+      (workdir / run.subdir / metrics.DIVERGED_FILE).unlink(missing_ok=True)
       try:
         summary = train.train_and_evaluate(run.config, workdir / run.subdir, overwrite=overwrite,
                                            placement=placement, stop=stop,

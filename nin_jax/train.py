@@ -7,8 +7,8 @@ host (a single run: the global batch split over them), or on a group of one host
 run of a sweep that trains several at once). The dataset is put on the devices once; a step
 receives only example indices, and gathers and augments on the device.
 
-Runs that compile the same program share it (`compiled_once`): the seeds of an arm differ only in the
-train state's keys and the data order, neither of which is part of the program.
+Runs that compile the same program share it (`compiled_once`): the seeds of an arm differ only in
+the train state's keys and the data order, neither of which is part of the program.
 """
 import collections
 import contextlib
@@ -477,8 +477,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # A batch beyond the largest evaluated split is that split in one batch (2**31 - 1, taken at its
   # word, took all host memory padding the 359 test digits: measured)
   largest = max(dataset.num_test_examples, dataset.num_validation_examples)
-  eval_batch_size = min(config.eval_batch_size, -(-largest // placement.num_devices) *
-                        placement.num_devices)
+  eval_batch_size = min(config.eval_batch_size, placement.round_up(largest))
   model = models.NIN(num_classes=dataset.num_classes, axis_name=AXIS, **config.model)
   image_shape = tuple(dataset.image_shape)
   if data.image_shape(config) != image_shape:  # validate() could not know them
@@ -522,8 +521,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # (the digits' train step twice per launch, 4.5 s on CPU, measured). On several processes the
   # state stays as init leaves it, the form orbax restores multi-process checkpoints into; pmap
   # compiles the step once there all the same (measured: 2 processes on loopback).
-  replicate = placement.is_local or placement.process_count == 1
-  if replicate:
+  if not placement.spans_hosts:
     state = placement.replicate(state)
   info("Model: %s, head %s, %s parameters", m.preset, m.head, f"{num_params:,}")
 
@@ -532,7 +530,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                          keep=config.keep_checkpoints, placement=placement,
                                          record=record)
   state = checkpointing.restore_latest(manager, state, workdir)
-  if replicate:  # on the run's devices, whatever form it was restored in
+  if not placement.spans_hosts:  # on the run's devices, whatever form it was restored in
     state = placement.replicate(state)
   first_step = int(state.step)
 
@@ -540,7 +538,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   p_train_step = compiled_once(("train", key), lambda: _CompileOnce(placement.map(
       train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
       augment_config=config.augment, microbatch_size=config.microbatch_size)))
-  p_eval_step = compiled_once(("eval", key), lambda: _CompileOnce(placement.map(eval_step, model=model)))
+  p_eval_step = compiled_once(("eval", key),
+                              lambda: _CompileOnce(placement.map(eval_step, model=model)))
   last_step = total_steps if stop_at_step is None else min(total_steps, stop_at_step)
   last_step = max(first_step, last_step)  # a finished run relaunched: nothing left to do
 
@@ -558,7 +557,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   guard = LossGuard(dataset.num_classes, config.stuck_loss_steps, config.stuck_loss_tolerance)
   pending, window_start, window_time = [], first_step, time.time()
   evaluation, evaluated_step, throughputs = None, None, []
-  spans_hosts, preempted = not placement.is_local and placement.process_count > 1, False
+  preempted = False
   batches = train_batches(first_step, last_step)
   # On any exit, finish the checkpoint writes in flight: a stopped run keeps its last good state.
   with (_finishing(manager),
@@ -569,7 +568,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       pending.append(step_metrics)
       if stop is not None and stop.is_set():  # another run of the sweep failed: this step is
         last_step = step + 1                  # the last, checked and logged before its checkpoint
-      if preemption.should_stop(step + 1, all_hosts=spans_hosts):  # nin_jax/preemption.py
+      if preemption.should_stop(step + 1, all_hosts=placement.spans_hosts):
         last_step, preempted = step + 1, True  # this step's checkpoint, then Preempted
       done = step + 1 == last_step
       # a preempted run has seconds left: its checkpoint first, no evaluation before it

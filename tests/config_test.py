@@ -156,9 +156,9 @@ def _with_field(field, value, **more):
 
 
 def test_every_field_takes_what_it_can_and_refuses_the_rest_in_one_line():
-  # Before (measured): a string or None reached a comparison (TypeError), --config.seed=-1 reached
-  # numpy and the catch-all "a bug in nin-jax" line, model.num_1x1=10**6 sat in building the model
-  # for over 10 minutes, crop_padding=10**6 trained on blank crops, a typo went unnoticed.
+  # Unchecked, a string or None reaches a comparison (TypeError), --config.seed=-1 numpy,
+  # model.num_1x1=10**6 sits in building the model for over 10 minutes (measured), and
+  # crop_padding=10**6 trains on blank crops.
   digits = default.get_config("digits")
   accepted = {}
   for field in config_string.field_paths(digits):
@@ -224,3 +224,22 @@ def test_config_model_is_the_models_own_fields_and_the_checks_take_its_tables():
   # set from the config string, parsed to the field's type (a placeholder's declared one)
   parsed = default.get_config("digits,model.num_1x1=1,model.fc_hidden=(64,),model.head=fc")
   assert (parsed.model.num_1x1, parsed.model.fc_hidden, parsed.model.head) == (1, (64,), "fc")
+
+
+def test_none_in_the_config_string_unsets_a_field_and_is_refused_where_a_field_needs_a_value():
+  config = default.get_config("digits,model.num_1x1=None")
+  assert config.model.num_1x1 is None
+  checks.validate(config, 4)
+  with pytest.raises(ConfigError, match=r"^--config.num_epochs=None must be a finite number$"):
+    checks.validate(default.get_config("digits,num_epochs=None"), 4)
+
+
+def test_a_model_rebuilt_from_a_runs_json_config_hashes_as_the_original():
+  import json
+  from nin_jax import models
+  config = default.get_config("digits,model.head=fc,model.fc_hidden=(64,)")
+  saved = ml_collections.ConfigDict(json.loads(config.to_json()))  # fc_hidden as a list
+  assert saved.model.fc_hidden == [64]
+  rebuilt = models.NIN(num_classes=10, **saved.model)
+  assert rebuilt.fc_hidden == (64,)
+  assert hash(rebuilt) == hash(models.NIN(num_classes=10, **config.model))

@@ -42,7 +42,8 @@ def test_record_of_code_outside_a_checkout(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(site), JAX_PLATFORMS="cpu")
   done = subprocess.run(
       [sys.executable, "-c", "import json; from nin_jax import provenance; "
-       "r = provenance.record({'model': {'precision': 'float32', 'dtype': 'float32'}}); print(json.dumps([provenance.__file__, r['git']]))"],
+       "r = provenance.record({'model': {'precision': 'float32', 'dtype': 'float32'}}); "
+       "print(json.dumps([provenance.__file__, r['git']]))"],
       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=True)
   path, git = json.loads(done.stdout.strip().splitlines()[-1])
   assert path.startswith(str(site))

@@ -366,6 +366,8 @@ def test_a_grid_is_every_combination_with_readable_names():
     ({"a/b": {"model.head": "fc"}}, r"^arm name 'a/b' cannot be a folder name"),
     ({"m": {"model": {"head": "fc"}}},
      r"^arm 'm' of the ablation: model is a section of the config, not a field"),
+    ({"typo": {"model.head": "gpa"}},  # the field's own check, naming the run it is in
+     r"^run typo/seed_0: --config.model.head='gpa' is not one of \['gap', 'fc', 'fc_dropout'\]$"),
 ])
 def test_a_bad_arm_is_one_line_before_anything_runs(tmp_path, arms, message):
   config = ablate_head.get_config("digits")
