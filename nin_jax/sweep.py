@@ -239,6 +239,13 @@ def run_sweep(config, workdir, only_arms=None, overwrite=False):
     checks.validate_ablation(config)
     per_run, at_once = placement_of(config.ablation)
     runs = expand(config, only_arms)
+    given = config.copy_and_resolve_references()
+    with given.unlocked():
+      del given["ablation"]
+    try:  # the config as given, too: a bad value of a field that every arm sets is still a typo
+      checks.validate(given, per_run)
+    except ConfigError as e:
+      raise ConfigError(f"the sweep's config before its arms: {e}") from None
     for run in runs:  # every arm's config, before the first run starts
       try:
         checks.validate(run.config, per_run)

@@ -378,6 +378,14 @@ def test_a_bad_arm_is_one_line_before_anything_runs(tmp_path, arms, message):
   assert not (tmp_path / "sweep").exists()  # nothing written, nothing trained
 
 
+def test_a_bad_value_of_a_field_the_arms_set_is_refused_though_no_run_takes_it(tmp_path):
+  config = ablate_head.get_config("digits,model.head=gpa")  # every arm sets model.head
+  with pytest.raises(ConfigError, match=r"^the sweep's config before its arms: "
+                                        r"--config.model.head='gpa' is not one of"):
+    sweep.run_sweep(config, tmp_path / "sweep")
+  assert not (tmp_path / "sweep").exists()
+
+
 def test_a_misspelled_arm_field_from_the_command_line_is_one_line(tmp_path):
   result = subprocess.run(
       [sys.executable, "launch.py", "--config=experiments/ablate_head.py:digits",
