@@ -57,13 +57,23 @@ SLOW_FC_ARMS = {
 DIGITS_VALIDATION_EXAMPLES = 288
 
 
+def head_arms(names) -> dict:
+  """The head arms for the named variants `names`: HEAD_ARMS, and SLOW_FC_ARMS with
+  `both_fc_rates`; with `modern`, every arm trains every layer at one rate, as that recipe does
+  (experiments/default.py, modern_recipe)."""
+  arms = {**HEAD_ARMS, **(SLOW_FC_ARMS if "both_fc_rates" in names else {})}
+  if "modern" in names:
+    arms = {name: {**fields, "optimizer.classifier_lr_multiplier": 1.0}
+            for name, fields in arms.items()}
+  return arms
+
+
 @config_string.with_overrides  # key=value fields of the config string apply after this function
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
   names = config_string.variant_names(variant)
   config = default.get_config(config_string.without(variant, "both_fc_rates"))
-  arms = {**HEAD_ARMS, **(SLOW_FC_ARMS if "both_fc_rates" in names else {})}
   config.ablation = default.ablation(
-      arms, num_seeds=3,
+      head_arms(names), num_seeds=3,
       # CIFAR-10 test error (%) of the paper's head ablation; nothing to compare with elsewhere.
       paper_test_error=({"gap": 10.41, "fc": 11.59, "fc_dropout": 10.88}
                         if config.dataset == "cifar10" else {}))

@@ -47,6 +47,8 @@ VARIANTS = {
     "holdout": "hold out a validation split: the paper's 10,000 of CIFAR-10's training images",
     "imagenet": "the 224-pixel NiN on ImageNet (imagenet2012, streamed), the Caffe-zoo recipe",
     "imagenette": "the imagenet recipe on imagenette, ImageNet's 10-class subset of ~13k images",
+    "modern": "NIN trained as it is trained today: BatchNorm, He init, Nesterov, warm-up + cosine, "
+              "label smoothing, shifts and flips",
 }
 DATASET_VARIANTS = ("digits", "imagenet", "imagenette")  # at most one of them
 # Datasets whose mirrored images are still images of their class: `augment` flips only these.
@@ -116,6 +118,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.optimizer.decay_epochs = (200, 230)       # /10 after 200 epochs, again after 230
   config.optimizer.decay_factor = 0.1
   config.optimizer.warmup_epochs = 0.0
+  config.optimizer.label_smoothing = 0.0           # of the training targets; 0: the paper's one-hot
 
   # --- Bookkeeping ------------------------------------------------------------------------------
   config.log_every_steps = 100
@@ -159,8 +162,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.stuck_loss_steps = 200
   if "imagenet" in names or "imagenette" in names:
     imagenet_recipe(config, "imagenette" if "imagenette" in names else "imagenet2012")
+  if "modern" in names:
+    modern_recipe(config)
   # After the dataset, whatever the order given: both depend on it.
-  if "augment" in names:
+  if "augment" in names or "modern" in names:
     # The paper's 8.81%: translations and horizontal flips. It gives no shift; 4 pixels of 32 is
     # common, so 1/8 of the image side here (1 pixel on the 8x8 digits). Flips only where a
     # mirrored image is still an image of its class (not digits, MNIST or SVHN's house numbers).
@@ -172,6 +177,41 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     # 4.2); on the digits, 20% of the 1,438.
     config.validation_examples = 288 if config.dataset == "digits" else 10_000
   return apply_overrides(config, overrides)
+
+
+def modern_recipe(config):
+  """The same NIN trained the way it is trained today, on the dataset `config` holds; every piece
+  is a config field whose default is the paper's, so without `modern` nothing changes.
+
+  What the reproductions that train it well did (NIN_REFERENCE.md, "Reproductions"): the Torch
+  NIN with BatchNorm reached 92% on CIFAR-10 (szagoruyko/cifar.torch: batch 128, SGD momentum
+  0.9, weight decay 5e-4, flips, 300 epochs with the rate halved every 25); a Keras reproduction
+  91.63% (per-channel mean/std, flips and shifts, 200 epochs, Nesterov momentum); imgclsmob's
+  pretrained nin_cifar10 92.57% (its recipe is not published).
+  Chosen here: BatchNorm before every ReLU (the Torch one's layout, model.norm), He init,
+  per-channel mean/std, SGD with Nesterov momentum 0.9 at 0.1 for every layer (BatchNorm keeps
+  the class maps alive, which the authors' 0.1x rate on them guarded against), a linear warm-up
+  (5 epochs; 3 of the digits' 60) then cosine decay to 0, label smoothing 0.1, weight decay 5e-4
+  and batch 128 (the Torch reproduction's), 200 epochs (the Keras one's), and the paper's shifts
+  and flips (`augment`). The digits keep their own batch and epochs.
+  """
+  config.preprocess = "mean_std"
+  config.model.norm = "batch"
+  config.model.initializer = "he"
+  config.optimizer.nesterov = True
+  config.optimizer.momentum = 0.9
+  config.optimizer.learning_rate = 0.1
+  config.optimizer.bias_lr_multiplier = 1.0
+  config.optimizer.classifier_lr_multiplier = 1.0
+  config.optimizer.schedule = "cosine"
+  config.optimizer.label_smoothing = 0.1
+  config.optimizer.weight_decay = 5e-4
+  if config.dataset == "digits":
+    config.optimizer.warmup_epochs = 3.0
+  else:
+    config.batch_size = 128
+    config.num_epochs = 200.0
+    config.optimizer.warmup_epochs = 5.0
 
 
 def imagenet_recipe(config, dataset: str):

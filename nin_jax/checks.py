@@ -130,6 +130,9 @@ def validate(config, num_devices: int | None = None):
   _require(config.stuck_loss_tolerance < 1,
            f"--config.stuck_loss_tolerance={config.stuck_loss_tolerance} must be below 1 (a loss "
            "within it of ln(classes) counts as stuck; the default is 1e-3)")
+  _require(config.optimizer.label_smoothing < 1,
+           f"--config.optimizer.label_smoothing={config.optimizer.label_smoothing} must be in "
+           "[0, 1): the share of each target spread over the classes (0.1 is usual)")
   _require(0 <= config.optimizer.momentum < 1,
            f"--config.optimizer.momentum={config.optimizer.momentum} must be in [0, 1)")
   _require(config.model.num_1x1 is None or config.model.num_1x1 <= MAX_NUM_1X1,

@@ -63,6 +63,10 @@ HEADS = {"gap": Head(class_maps=True), "fc": Head(class_maps=False),
 # The paper | BatchNorm before each ReLU (see the module docstring): momentum 0.9, epsilon 1e-5.
 NORMS = {"none": None,
          "batch": functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5, dtype=jnp.float32)}
+# Kernel initialisers (`NIN.initializer`), given init_stddev. "normal": the authors' N(0, stddev^2)
+# (NIN_REFERENCE.md); "he": He et al. 2015's N(0, 2 / fan_in), truncated at 2 std as flax's
+# he_normal is (fan_in = k * k * input channels), for ReLU networks; it ignores init_stddev.
+INITS = {"normal": nn.initializers.normal, "he": lambda stddev: nn.initializers.he_normal()}
 # Compute dtypes (`NIN.dtype`); parameters, logits and the loss are float32 with either.
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # The precision of every convolution and matmul with float32 operands (`NIN.precision`), named as
@@ -311,6 +315,7 @@ class NIN(nn.Module):
   fc_hidden: Sequence[int] = ()       # widths of hidden dense layers in the FC heads (ReLU)
   relu_on_class_maps: bool = True     # the paper's choice; see MLPConv
   init_stddev: float = 0.05           # the authors' N(0, 0.05^2); biases start at 0
+  initializer: str = "normal"         # INITS: "normal" (N(0, init_stddev^2)) or "he"
   # Mixed precision (DTYPES): "bfloat16" runs every convolution and matmul, forward and backward,
   # in bfloat16 (layer_options); parameters (master weights), biases, the layers between
   # (ReLU, BatchNorm, pools, dropout) and the logits for the loss stay float32.
@@ -348,7 +353,7 @@ class NIN(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     head, blocks = HEADS[self.head], self.blocks
-    init = nn.initializers.normal(self.init_stddev)
+    init = INITS[self.initializer](self.init_stddev)
     for index, block in enumerate(blocks):
       is_last = index == len(blocks) - 1
       widths = tuple(w or self.num_classes for w in block.widths)
@@ -389,4 +394,4 @@ class NIN(nn.Module):
 
 # The NIN fields that pick from a table, and the table: what the config checks allow.
 CHOICES = {"preset": PRESETS, "head": HEADS, "norm": NORMS, "dtype": DTYPES,
-           "precision": PRECISIONS}
+           "precision": PRECISIONS, "initializer": INITS}

@@ -136,18 +136,25 @@ def create_optimizer(opt: ml_collections.ConfigDict, params, learning_rate_fn):
 # The steps: pure functions of (state, batch); cross-device averaging happens here, in one place.
 # ----------------------------------------------------------------------------------------------
 
-def cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+def cross_entropy(logits, labels, label_smoothing: float = 0.0):
+  """float32 [N]: the cross-entropy of `logits` [N, classes] against integer `labels` [N], the
+  targets smoothed by `label_smoothing` (optax.smooth_labels: (1 - a) * one-hot + a / classes;
+  Szegedy et al. 2016); 0, the paper's, is the plain one-hot loss."""
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
 
 
 def train_step(state, dataset, batch, *, model, tx, learning_rate_fn, augment_config,
-               microbatch_size=0):
+               microbatch_size=0, label_smoothing=0.0):
   """One SGD step; returns (state, metrics). In-memory sources: the examples `batch["index"]` of
   `dataset` (the device-resident {"image": float32 NHWC, "label": int32}), gathered and augmented
   here; the indices are int32 [per_device], or the whole epoch's [steps_per_epoch, per_device]
   (data.epoch_indices), of which the step takes row `state.step % steps_per_epoch`. Streamed
   sources: `batch` holds the host-augmented {"image": float32 [per_device, H, W, C], "label"} and
-  `dataset` is empty.
+  `dataset` is empty. `label_smoothing`: of the training loss's targets (cross_entropy); the
+  evaluation loss stays the plain one.
 
   Across devices: the gradients and metrics are averaged (pmean). With model.norm="batch",
   BatchNorm averages its batch statistics over the devices too (the model's axis_name is AXIS),
@@ -177,7 +184,7 @@ def train_step(state, dataset, batch, *, model, tx, learning_rate_fn, augment_co
   def loss_fn(params, images, labels, rng):
     logits, model_state = model.apply({"params": params, **state.model_state}, images, train=True,
                                       rngs={"dropout": rng}, mutable=mutable)
-    return cross_entropy(logits, labels).mean(), (logits, model_state)
+    return cross_entropy(logits, labels, label_smoothing).mean(), (logits, model_state)
 
   # Micro-batches: the gradient of the batch mean is the mean of the micro-batches' gradients, so
   # the update is the same (up to float summation order); only the dropout masks are drawn per
@@ -537,7 +544,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --- The steps: compiled once for all runs of the same program on these devices -------------
   p_train_step = compiled_once(("train", key), lambda: _CompileOnce(placement.map(
       train_step, model=model, tx=tx, learning_rate_fn=learning_rate_fn,
-      augment_config=config.augment, microbatch_size=config.microbatch_size)))
+      augment_config=config.augment, microbatch_size=config.microbatch_size,
+      label_smoothing=config.optimizer.label_smoothing)))
   p_eval_step = compiled_once(("eval", key),
                               lambda: _CompileOnce(placement.map(eval_step, model=model)))
   last_step = total_steps if stop_at_step is None else min(total_steps, stop_at_step)

@@ -136,6 +136,7 @@ ACCEPTED = {
     "optimizer.grad_clip_norm": (0, 2**31, 10**12, 0.5),
     "optimizer.learning_rate": (2**31, 10**12, 0.5), "optimizer.momentum": (0, 0.5),
     "optimizer.nesterov": (True,), "optimizer.warmup_epochs": (0, 0.5),
+    "optimizer.label_smoothing": (0, 0.5),
     "optimizer.weight_decay": (0, 2**31, 10**12, 0.5), "seed": (0,),
     "streaming.eval_crop_fraction": (0.5,), "streaming.min_area": (0.5,),
     "stuck_loss_steps": (0,), "stuck_loss_tolerance": (0, 0.5), "validation_examples": (0,),
@@ -210,6 +211,9 @@ def test_config_model_is_the_models_own_fields_and_the_checks_take_its_tables():
   import dataclasses
   from nin_jax import models
   fields = {f.name for f in dataclasses.fields(models.NIN)} - {"parent", "name"}
+  # a field named as a Module's method (init, apply, ...) would replace it: model.init breaks
+  import flax.linen as nn
+  assert not fields & set(dir(nn.Module)), fields & set(dir(nn.Module))
   config = default.get_config("digits")
   assert set(config.model) == fields - {"num_classes", "axis_name"}
   model = models.NIN(num_classes=10, **config.model)
@@ -243,3 +247,23 @@ def test_a_model_rebuilt_from_a_runs_json_config_hashes_as_the_original():
   rebuilt = models.NIN(num_classes=10, **saved.model)
   assert rebuilt.fc_hidden == (64,)
   assert hash(rebuilt) == hash(models.NIN(num_classes=10, **config.model))
+
+
+def test_the_modern_recipe_is_fields_whose_defaults_are_the_papers():
+  from experiments import ablate_head
+  paper, modern = default.get_config("digits"), default.get_config("digits,modern")
+  changed = {key for key in config_string.field_paths(paper)
+             if not isinstance(config_string.get(paper, key), ml_collections.ConfigDict)
+             and config_string.get(paper, key) != config_string.get(modern, key)}
+  assert changed == {"model.norm", "model.initializer", "optimizer.nesterov",
+                     "optimizer.learning_rate", "optimizer.bias_lr_multiplier",
+                     "optimizer.classifier_lr_multiplier", "optimizer.label_smoothing",
+                     "optimizer.warmup_epochs"}
+  assert (paper.model.norm, paper.model.initializer, paper.optimizer.label_smoothing,
+          paper.optimizer.nesterov) == ("none", "normal", 0.0, False)  # the paper's
+  cifar = default.get_config("modern")
+  assert (cifar.batch_size, cifar.num_epochs, cifar.optimizer.weight_decay, cifar.preprocess,
+          tuple(cifar.augment.values())) == (128, 200.0, 5e-4, "mean_std", (4, True))
+  checks.validate(modern, 4)
+  arms = dict(ablate_head.get_config("digits,modern").ablation.arms)
+  assert {dict(fields)["optimizer.classifier_lr_multiplier"] for fields in arms.values()} == {1.0}

@@ -260,3 +260,15 @@ def test_unknown_names_are_config_errors():
     models.NIN(num_classes=10, preset="nin_cifra")
   with pytest.raises(ConfigError, match="head"):
     models.NIN(num_classes=10, preset="nin_cifar", head="gpa")
+
+
+def test_he_init_draws_kernels_of_variance_two_over_fan_in_and_normal_keeps_the_authors():
+  he = init(models.NIN(num_classes=10, preset="nin_cifar", initializer="he"), (32, 32, 3))
+  paper = init(models.NIN(num_classes=10, preset="nin_cifar"), (32, 32, 3))
+  for block, layer, fan_in in (("mlpconv1", "conv", 5 * 5 * 3), ("mlpconv2", "conv", 5 * 5 * 96),
+                               ("mlpconv2", "cccp1", 192)):
+    kernel = np.asarray(he[block][layer]["kernel"])
+    # flax's he_normal: N(0, 2 / fan_in) truncated at 2 std, rescaled to keep that variance
+    assert abs(kernel.var() / (2 / fan_in) - 1) < 0.05, (block, layer, kernel.var() * fan_in)
+    assert np.abs(kernel).max() <= 2 * np.sqrt(2 / fan_in) / 0.87962566 + 1e-6
+    assert abs(np.asarray(paper[block][layer]["kernel"]).std() / 0.05 - 1) < 0.05

@@ -2,6 +2,7 @@
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import digits_config, final_params, flatten, launch_here, run_launch
@@ -184,3 +185,18 @@ def test_a_run_with_a_validation_split_evaluates_it_beside_the_test_set(tmp_path
   assert values == pytest.approx({metrics.TEST_ERROR_TAG: summary["test_error_percent"],
                                   metrics.VALIDATION_ERROR_TAG: summary["validation_error_percent"],
                                   "seed": 0.0}, abs=1e-4)
+
+
+def test_label_smoothing_trains_against_smoothed_targets_and_zero_is_the_plain_loss():
+  logits = jax.random.normal(jax.random.PRNGKey(0), (5, 10))
+  labels = jnp.array([0, 3, 9, 3, 1])
+  plain = -jax.nn.log_softmax(logits)[jnp.arange(5), labels]
+  np.testing.assert_allclose(train.cross_entropy(logits, labels), plain, rtol=1e-6)
+  # a = 0.1 over 10 classes: 0.91 on the label, 0.01 on each other class (Szegedy et al. 2016)
+  targets = np.full((5, 10), 0.01)
+  targets[np.arange(5), np.asarray(labels)] = 0.91
+  smoothed = -(targets * jax.nn.log_softmax(logits)).sum(axis=1)
+  np.testing.assert_allclose(train.cross_entropy(logits, labels, 0.1), smoothed, rtol=1e-6)
+  # uniform logits are ln(classes) whatever the targets: the stuck-loss guard's plateau holds
+  np.testing.assert_allclose(train.cross_entropy(jnp.zeros((5, 10)), labels, 0.1),
+                             np.log(10), rtol=1e-6)
