@@ -17,6 +17,7 @@ them costs nothing per step (measured: a 600 MB array passed as numpy took 1.1 s
 """
 import dataclasses
 import functools
+import math
 import os
 
 import jax
@@ -172,7 +173,7 @@ class Placement:
   def num_eval_batches(self, num_examples: int, per_host: int) -> int:
     """Batches of `per_host` that every host runs over a split of `num_examples` (over all
     hosts): the same number on each (collectives need it), enough for the largest host's share."""
-    return -(-(-(-num_examples // self.process_count)) // per_host)
+    return math.ceil(math.ceil(num_examples / self.process_count) / per_host)
 
   def check_fits(self, num_bytes: int, what: str, fix: str):
     """Raises DataError (one line) when `num_bytes` more do not fit in one device's free memory:
