@@ -33,7 +33,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = default.get_config(variant)
   config.ablation = default.ablation(
       sweep.arm_set("model.num_1x1", (0, 1, 2, 3)), num_seeds=3,
-      paper_test_error=({"num_1x1_2": 10.41} if config.dataset == "cifar10" else {}))
+      paper_test_error={"num_1x1_2": 10.41})
   if "digits" in config_string.variant_names(variant):
     config.validation_examples = 288  # as experiments/ablate_head.py: 20% of the training digits
     config.eval_every_steps = 85  # every 5 epochs (17 steps each): the error-by-epoch curves

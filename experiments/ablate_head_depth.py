@@ -34,8 +34,8 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config = default.get_config(variant)
   config.ablation = default.ablation(
       sweep.grid(ablate_head.head_arms(names), sweep.arm_set("model.num_1x1", (0, 1, 2))), num_seeds=3,
-      paper_test_error=({"gap-num_1x1_2": 10.41, "fc-num_1x1_2": 11.59,
-                         "fc_dropout-num_1x1_2": 10.88} if config.dataset == "cifar10" else {}))
+      paper_test_error={"gap-num_1x1_2": 10.41, "fc-num_1x1_2": 11.59,
+                        "fc_dropout-num_1x1_2": 10.88})
   if "digits" in names:
     config.validation_examples = ablate_head.DIGITS_VALIDATION_EXAMPLES
     config.eval_every_steps = 85  # every 5 epochs: the error-by-epoch curves

@@ -271,7 +271,10 @@ def summarize(sweep):
                                if runs else None),
         "wall_time_s": (float(np.mean([r["wall_time_s"] for r in runs.values()]))
                         if runs else None),
-        "paper_test_error": sweep["paper_test_error"].get(arm),
+        # the paper's figures are CIFAR-10 test errors: beside no other data (a config's
+        # get_config sees the dataset before --config.dataset=... flags change it)
+        "paper_test_error": (sweep["paper_test_error"].get(arm)
+                             if sweep.get("dataset") == "cifar10" else None),
         "platform": first.get("platform"), "devices": first.get("devices"),
     }
     for split in SPLITS:

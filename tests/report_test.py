@@ -109,13 +109,13 @@ def test_bootstrap_without_spread_is_exact_and_silent():
     assert report.bootstrap_interval([0.3]) == (0.3, 0.3)
 
 
-def write_fake_sweep(workdir, errors_by_arm, paper=None):
+def write_fake_sweep(workdir, errors_by_arm, paper=None, dataset="digits"):
   arms = list(errors_by_arm)
   num_seeds = max(len(e) for e in errors_by_arm.values())
   (workdir / "sweep.json").write_text(json.dumps({
       "field": "model.head", "swept": ["model.head"], "arms": arms, "num_seeds": num_seeds,
       "seeds": list(range(num_seeds)),
-      "paper_test_error": paper or {}, "dataset": "digits"}))
+      "paper_test_error": paper or {}, "dataset": dataset}))
   for arm, errors in errors_by_arm.items():
     for seed, error in enumerate(errors):
       run = workdir / arm / f"seed_{seed}"
@@ -134,7 +134,8 @@ def write_fake_sweep(workdir, errors_by_arm, paper=None):
 
 def test_report_tells_a_real_difference_from_noise(tmp_path):
   write_fake_sweep(tmp_path, {"gap": [10.0, 10.2, 10.1], "fc": [12.0, 12.3, 12.1],
-                              "fc_dropout": [10.3, 9.9, 10.4]}, paper={"gap": 10.41})
+                              "fc_dropout": [10.3, 9.9, 10.4]}, paper={"gap": 10.41},
+                   dataset="cifar10")
   report.write_report(tmp_path)
   summary = json.loads((tmp_path / "report.json").read_text())
   gap = summary["arms"][0]
@@ -154,6 +155,17 @@ def test_report_tells_a_real_difference_from_noise(tmp_path):
   # an old sweep: no overrides
   assert "| gap | – | 3/3 | 10.10 ± 0.10 | 10.00 | 10.20 |" in text
   assert "10.41" in text
+
+
+def test_the_papers_cifar10_figures_stand_beside_no_other_data(tmp_path):
+  # ablate_head.py's config, run with --config.dataset=npz: its sweep.json holds them still
+  write_fake_sweep(tmp_path, {"gap": [70.0, 71.0], "fc": [86.0, 87.0]},
+                   paper={"gap": 10.41, "fc": 11.59}, dataset="npz")
+  report.write_report(tmp_path)
+  summary = json.loads((tmp_path / "report.json").read_text())
+  assert [arm["paper_test_error"] for arm in summary["arms"]] == [None, None]
+  text = (tmp_path / "report.md").read_text()
+  assert "10.41" not in text and "11.59" not in text
 
 
 def test_report_when_no_arm_varies_over_the_seeds(tmp_path):
