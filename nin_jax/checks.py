@@ -118,7 +118,7 @@ def validate(config, num_devices: int | None = None):
            f"--config.dataset={config.dataset!r} is not one of {list(data.SOURCES)} (or a TFDS "
            "config of a streamed one, such as imagenette/320px-v2)")
   _choice(config, "preprocess", data.PREPROCESSORS)
-  for field, table in models.CHOICES.items():
+  for field, table in models.CONFIG_CHOICES.items():
     _choice(config, f"model.{field}", table)
   _choice(config, "optimizer.schedule", SCHEDULES)
   _positive(config, "batch_size", "eval_batch_size", "num_epochs", "log_every_steps",
@@ -220,7 +220,8 @@ def _streaming(config):
 
 
 def _model(config):
-  return models.NIN(num_classes=10, **config.model)  # spatial sizes do not depend on classes
+  # spatial sizes and parameter counts depend on neither the classes nor the dtype
+  return models.NIN(num_classes=10, **{**config.model, "dtype": "float32"})
 
 
 def block_shapes(model, image_shape):

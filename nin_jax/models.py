@@ -77,6 +77,10 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # (dtype="bfloat16") are bfloat16 products at any of them.
 PRECISIONS = {"float32": lax.Precision.HIGHEST, "tensorfloat32": lax.Precision.HIGH,
               "default": lax.Precision.DEFAULT}
+# model.dtype="native" (the modern recipe's): bfloat16 where the platform computes bfloat16
+# natively, float32 elsewhere. The training resolves it (native_dtype) before it builds the
+# model, so a NIN is never built with it and a run's config.json records what it computed in.
+NATIVE = "native"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,6 +206,17 @@ def _cast_operands(inputs, kernel, bias, *, dtype):
   float32, so `y + bias` promotes the bfloat16 result to float32 (see layer_options)."""
   return (None if inputs is None else inputs.astype(dtype),
           None if kernel is None else kernel.astype(dtype), bias)
+
+
+def native_dtype(dtype: str, native_bfloat16: bool | None) -> str:
+  """The DTYPES name that `dtype` (a model.dtype value) computes in: for NATIVE, "bfloat16" where
+  `native_bfloat16` (placement.native_bfloat16 of the platform: TPU, GPU, a CPU with bfloat16
+  instructions) is True and "float32" where it is False or unknown (None), as a CPU without
+  bfloat16 arithmetic computes bfloat16 in float32 plus conversions (docs/mixed_precision.md);
+  any other value is returned as it is."""
+  if dtype != NATIVE:
+    return dtype
+  return "bfloat16" if native_bfloat16 else "float32"
 
 
 def computed_in(precision: str, dtype: str, platform: str) -> str:
@@ -395,3 +410,5 @@ class NIN(nn.Module):
 # The NIN fields that pick from a table, and the table: what the config checks allow.
 CHOICES = {"preset": PRESETS, "head": HEADS, "norm": NORMS, "dtype": DTYPES,
            "precision": PRECISIONS, "initializer": INITS}
+# What a config may name: the tables, and NATIVE for the dtype (resolved before NIN is built).
+CONFIG_CHOICES = {**CHOICES, "dtype": (*DTYPES, NATIVE)}

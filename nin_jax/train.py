@@ -451,6 +451,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # --- Setup: devices and batch shapes ---------------------------------------------------------
   info("Devices: %s", placement.describe())
   platform = placement.local_devices[0].platform
+  if config.model.dtype == models.NATIVE:  # resolved here, so config.json says what it ran in
+    config = config.copy_and_resolve_references()
+    config.model.dtype = models.native_dtype(models.NATIVE, native_bfloat16(platform))
+    info("model.dtype=native: %s on %s", config.model.dtype, platform)
   if config.model.dtype == "bfloat16" and native_bfloat16(platform) is False:
     logging.warning("%smodel.dtype=bfloat16 on a CPU without bfloat16 arithmetic (no %s flag): "
                     "XLA computes it in float32 with conversions, slower than "

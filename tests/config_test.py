@@ -218,7 +218,7 @@ def test_config_model_is_the_models_own_fields_and_the_checks_take_its_tables():
   assert set(config.model) == fields - {"num_classes", "axis_name"}
   model = models.NIN(num_classes=10, **config.model)
   assert (model.preset, model.head, model.num_1x1) == ("nin_digits", "gap", None)
-  for field, table in models.CHOICES.items():
+  for field, table in models.CONFIG_CHOICES.items():
     assert config.model[field] is None or config.model[field] in table, field
     bad = default.get_config("digits")
     bad.model[field] = "no_such_" + field
@@ -255,7 +255,7 @@ def test_the_modern_recipe_is_fields_whose_defaults_are_the_papers():
   changed = {key for key in config_string.field_paths(paper)
              if not isinstance(config_string.get(paper, key), ml_collections.ConfigDict)
              and config_string.get(paper, key) != config_string.get(modern, key)}
-  assert changed == {"model.norm", "model.initializer", "optimizer.nesterov",
+  assert changed == {"model.norm", "model.initializer", "model.dtype", "optimizer.nesterov",
                      "optimizer.learning_rate", "optimizer.bias_lr_multiplier",
                      "optimizer.classifier_lr_multiplier", "optimizer.label_smoothing",
                      "optimizer.warmup_epochs"}
@@ -267,3 +267,16 @@ def test_the_modern_recipe_is_fields_whose_defaults_are_the_papers():
   checks.validate(modern, 4)
   arms = dict(ablate_head.get_config("digits,modern").ablation.arms)
   assert {dict(fields)["optimizer.classifier_lr_multiplier"] for fields in arms.values()} == {1.0}
+
+
+@pytest.mark.parametrize("name", ["ablate_head", "ablate_depth", "ablate_head_depth"])
+def test_every_ablation_combines_with_the_modern_recipe(name):
+  import importlib
+  module = importlib.import_module(f"experiments.{name}")
+  for variant in ("modern", "digits,modern"):
+    config = module.get_config(variant)
+    checks.validate(config, 4)
+    assert (config.model.norm, config.optimizer.schedule, config.model.dtype) == (
+        "batch", "cosine", "native")
+    for _, fields in config.ablation.arms:  # every arm trains every layer at one rate
+      assert dict(fields).get("optimizer.classifier_lr_multiplier", 1.0) == 1.0

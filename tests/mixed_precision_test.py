@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from nin_jax import checkpointing, models, placement, train
+from nin_jax.errors import ConfigError
 from nin_jax.placement import AXIS
 from tests.conftest import digits_config
 
@@ -45,6 +46,36 @@ def test_bfloat16_run_keeps_float32_state_and_warns_on_emulating_cpus(
   # float32 master weights, as the checkpoint holds them
   params = checkpointing.restore_params(tmp_path)
   assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bfloat16"), (False, "float32"),
+                                               (None, "float32")])
+def test_native_dtype_is_bfloat16_only_where_it_is_native(native, expected):
+  assert models.native_dtype(models.NATIVE, native) == expected
+  assert models.native_dtype("float32", True) == "float32"  # an explicit dtype stays itself
+  assert models.native_dtype("bfloat16", False) == "bfloat16"
+
+
+@pytest.mark.parametrize("flags, expected", [((), "float32"), (("avx512_bf16",), "bfloat16")])
+def test_a_native_dtype_run_records_the_dtype_it_computed_in(tmp_path, monkeypatch, flags,
+                                                             expected):
+  import json
+  monkeypatch.setattr(placement, "cpu_bfloat16_flags", lambda cpuinfo=None: flags)
+  config = digits_config(**{"model.dtype": models.NATIVE})
+  config.num_epochs = 0.25
+  summary = train.train_and_evaluate(config, tmp_path)
+  assert config.model.dtype == models.NATIVE  # the caller's config is left as it was
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["dtype"] == expected
+  precision = summary["provenance"]["precision"]
+  assert precision["model.dtype"] == expected
+  assert precision["computed_in"].startswith("bfloat16" if expected == "bfloat16" else "float32")
+  # a relaunch with the same config string resolves it the same way and finds its run
+  assert train.train_and_evaluate(config, tmp_path)["step"] == summary["step"]
+  # on another kind of machine it resolves otherwise: another config, refused
+  other = () if flags else ("avx512_bf16",)
+  monkeypatch.setattr(placement, "cpu_bfloat16_flags", lambda cpuinfo=None: other)
+  with pytest.raises(ConfigError, match="another config"):
+    train.train_and_evaluate(config, tmp_path)
 
 
 def _lowered_products(config):
