@@ -15,7 +15,9 @@ BOOKKEEPING = {"data_dir", "download", "log_every_steps", "eval_every_steps",
 # Every field that changes how a run is observed or run, not what it trains (the update, the
 # data order, the model): a relaunch may change these, and check_or_clear says which. The
 # evaluation's batch and crop, the stuck-loss guard, and the micro-batch (the same update to
-# float rounding: tests/train_test.py), the usual fixes after running out of memory.
+# float rounding: tests/train_test.py), the usual fixes after running out of memory. Not the
+# micro-batch of a model with BatchNorm: each micro-batch is normalised with its own statistics
+# (train.train_step), so another size is another update, as another batch size would be.
 RESUMABLE = BOOKKEEPING | {"eval_batch_size", "microbatch_size", "stuck_loss_steps",
                            "stuck_loss_tolerance", "streaming.eval_crop_fraction"}
 CHANGES_FILE = "config_changes.jsonl"
@@ -70,8 +72,9 @@ def _compare(saved: dict, config: dict) -> tuple[dict[str, tuple], dict[str, tup
   new = flatten(json.loads(json.dumps(config)))  # tuples -> lists
   changes = {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
              if old.get(k) != new.get(k)}
-  return ({k: v for k, v in changes.items() if k not in RESUMABLE},
-          {k: v for k, v in changes.items() if k in RESUMABLE})
+  resumable = RESUMABLE - ({"microbatch_size"} if new.get("model.norm") == "batch" else set())
+  return ({k: v for k, v in changes.items() if k not in resumable},
+          {k: v for k, v in changes.items() if k in resumable})
 
 
 def differing_fields(saved: dict, config: dict) -> dict[str, tuple]:

@@ -262,6 +262,15 @@ def test_each_file_a_resume_reads_removed_or_emptied_in_turn_still_resumes(tmp_p
         assert json.loads((workdir / name).read_text())  # written again
 
 
+def test_another_micro_batch_is_another_run_only_with_batchnorm():
+  """Micro-batches give the same update to float rounding, unless BatchNorm normalises each with
+  its own statistics: then another micro-batch size is another training, and refused."""
+  for norm, differs in (("none", {}), ("batch", {"microbatch_size": (0, 16)})):
+    saved = json.loads(digits_config(**{"model.norm": norm}).to_json())  # as config.json holds it
+    relaunch = digits_config(**{"model.norm": norm, "microbatch_size": 16}).to_dict()
+    assert run_workdir.differing_fields(saved, relaunch) == differs, norm
+
+
 def test_a_relaunch_may_change_how_a_run_is_evaluated_and_the_run_records_it(tmp_path, caplog):
   """After an evaluation ran out of memory, a smaller eval_batch_size (and another stuck-loss
   patience) on the relaunch: the run resumes, ends bit-identical to the uninterrupted run, and
