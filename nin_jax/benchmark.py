@@ -367,6 +367,7 @@ def measure_members(config, counts, steps):
   """Member-steps per second of `config`'s run with M members (seeds) in one compiled step
   (`jax.vmap` over the train state and the batch), on one device, for M in `counts`."""
   placement = Placement.local(jax.local_devices()[:1])
+  config = train.with_native_dtype(config, placement.local_devices[0].platform)
   dataset = data.load_dataset(config, placement)
   model = models.NIN(num_classes=dataset.num_classes, axis_name=AXIS, **config.model)
   learning_rate_fn = train.create_learning_rate_fn(config.optimizer, 100, 10_000)

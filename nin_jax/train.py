@@ -404,6 +404,17 @@ def flops_per_image(model, model_variables, image_shape):
   return float(compiled.cost_analysis()["flops"])
 
 
+def with_native_dtype(config: ml_collections.ConfigDict, platform: str):
+  """`config`, or a copy with model.dtype=native resolved for devices of `platform` ("cpu",
+  "gpu", "tpu"): models.native_dtype of placement.native_bfloat16. Whatever builds a model
+  from a config that may say native calls this first (a NIN takes no native)."""
+  if config.model.dtype != models.NATIVE:
+    return config
+  config = config.copy_and_resolve_references()
+  config.model.dtype = models.native_dtype(models.NATIVE, native_bfloat16(platform))
+  return config
+
+
 def _without_x64(train_fn):
   """`train_fn` run with JAX's 64-bit mode off (`jax.enable_x64(False)`, this thread only):
   JAX_ENABLE_X64=1, common in scientific Python set-ups, made numpy's float64 inputs and
@@ -452,8 +463,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   info("Devices: %s", placement.describe())
   platform = placement.local_devices[0].platform
   if config.model.dtype == models.NATIVE:  # resolved here, so config.json says what it ran in
-    config = config.copy_and_resolve_references()
-    config.model.dtype = models.native_dtype(models.NATIVE, native_bfloat16(platform))
+    config = with_native_dtype(config, platform)
     info("model.dtype=native: %s on %s", config.model.dtype, platform)
   if config.model.dtype == "bfloat16" and native_bfloat16(platform) is False:
     logging.warning("%smodel.dtype=bfloat16 on a CPU without bfloat16 arithmetic (no %s flag): "
