@@ -272,6 +272,7 @@ def test_the_modern_recipe_is_fields_whose_defaults_are_the_papers():
 @pytest.mark.parametrize("name", ["ablate_head", "ablate_depth", "ablate_head_depth"])
 def test_every_ablation_combines_with_the_modern_recipe(name):
   import importlib
+  from experiments import ablate_head
   module = importlib.import_module(f"experiments.{name}")
   for variant in ("modern", "digits,modern"):
     config = module.get_config(variant)
@@ -280,3 +281,8 @@ def test_every_ablation_combines_with_the_modern_recipe(name):
         "batch", "cosine", "native")
     for _, fields in config.ablation.arms:  # every arm trains every layer at one rate
       assert dict(fields).get("optimizer.classifier_lr_multiplier", 1.0) == 1.0
+  # with both_fc_rates, the slow-classifier FC arms keep their 0.1x: what they are for
+  rates = {name: dict(fields)["optimizer.classifier_lr_multiplier"] for name, fields in
+           ablate_head.get_config("modern,both_fc_rates").ablation.arms}
+  assert rates == {"gap": 1.0, "fc": 1.0, "fc_dropout": 1.0, "fc_slow_classifier": 0.1,
+                   "fc_dropout_slow_classifier": 0.1}
