@@ -208,7 +208,8 @@ def modern_recipe(config):
   per-channel mean/std, SGD with Nesterov momentum 0.9 at 0.1 for every layer (BatchNorm keeps
   the class maps alive, which the authors' 0.1x rate on them guarded against), a linear warm-up
   (5 epochs; 3 of the digits' 60) then cosine decay to 0, label smoothing 0.1, weight decay 5e-4
-  and batch 128 (the Torch reproduction's), 200 epochs (the Keras one's), the paper's shifts
+  on the kernels only (train.is_weight; the Torch one decayed every parameter, BN's scale and
+  offset too) and batch 128 (the Torch one's), 200 epochs (the Keras one's), the paper's shifts
   and flips (`augment`), and mixed precision where the platform computes bfloat16 natively
   (model.dtype=native: bfloat16 convolutions on TPU, GPU and CPUs with bfloat16 instructions,
   float32 elsewhere, docs/mixed_precision.md). The digits keep their own batch and epochs.

@@ -24,8 +24,9 @@ its ReLU -- the k x k conv, each 1 x 1 cccp layer and the class-map layer too --
 hidden dense layer of the FC heads and its ReLU; not after the FC classifier (its outputs are the
 logits). This is the layout of the Torch NIN+BN reproduction in NIN_REFERENCE.md (92% against 88%
 without BN: szagoruyko/cifar.torch, models/nin.lua, whose `Block` is conv -> BN -> ReLU for every
-layer, `Block(192, 10, 1, 1)` before the 8 x 8 average included). Its BN epsilon is 1e-3; here
-1e-5, Torch's and PyTorch's default. A layer followed by BN has no bias (use_bias=False): BN
+layer, `Block(192, 10, 1, 1)` before the 8 x 8 average included); only that layout: its model
+averages after the second block (here the paper's max pool) and draws N(0, 0.05^2) weights. Its
+BN epsilon is 1e-3; here 1e-5, Torch's and PyTorch's default. A layer followed by BN has no bias (use_bias=False): BN
 subtracts the batch mean, so a bias would be cancelled, and BN's own offset (`bias`, beta) takes
 its role. BatchNorm's running averages are the variables collection "batch_stats".
 """
