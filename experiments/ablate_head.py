@@ -51,8 +51,11 @@ The modern recipe (experiments/default.py, modern_recipe: BatchNorm, He init, Ne
   fc_dropout 88.05 +- 1.92%; GAP below both FC heads (paired t-test, Holm-adjusted p = 0.031
   and 0.001), fc vs fc_dropout not established (p = 0.59). The FC heads' training loss rose to
   5.9-7.5 over the first half epoch, then sat at ln 10 (2.28-2.30): at the rate of 0.1 their
-  dense classifier (12,288 inputs) did not train in one epoch, so this compares the heads under
-  this recipe, not each at its best.
+  dense classifier (12,288 inputs) did not train. At 0.1x (0.01) it did, and the verdict turns:
+  the same command with `:modern,both_fc_rates` and --arm=fc_slow_classifier (the same workdir,
+  14 min 57 s for 3 runs) gave fc_slow_classifier 58.92 +- 0.88%, below gap by 11.82 points
+  (adjusted p = 0.005). So under this recipe, after one epoch, which head wins depends on the FC
+  classifier's rate; run `:modern,both_fc_rates` to compare both.
 
   On the digits: python launch.py --config=experiments/ablate_head.py:digits,modern --workdir=/tmp/ahm
   The same AMD EPYC, 2026-12-03: 3 min 28 s (9 runs, 3 at a time). Result (test error over the
