@@ -1,4 +1,4 @@
-r"""The paper's CIFAR-10 NIN recipe, and a quick variant on the embedded digits.
+r"""The paper's CIFAR-10 NIN recipe, the modern one beside it, and a quick variant on the digits.
 
 Paper-scale run (needs CIFAR-10 prepared in TFDS's data_dir, see README.md):
 
@@ -16,13 +16,15 @@ The modern recipe (`modern`, modern_recipe below), the same network trained as i
       --config.data_dir=gs://YOUR_BUCKET/tensorflow_datasets
 
   Hardware: a Cloud TPU VM or one GPU. Time: not measured yet (200 epochs). Expected, from the
-  reproductions it follows: 92% accuracy with BatchNorm (Torch, 300 epochs), 91.63% (Keras, 200
-  epochs); 92.57% for imgclsmob's pretrained nin_cifar10 (NIN_REFERENCE.md). Measured on 12,000
+  reproductions it follows (NIN_REFERENCE.md, "Reproductions"): 92% accuracy with BatchNorm
+  (Torch; 300 epochs in szagoruyko/cifar.torch's train.lua), 91.63% (Keras, 200 epochs); 92.57%
+  for imgclsmob's pretrained nin_cifar10. Measured on 12,000
   real CIFAR-10 images (../shared/data/cifar10_train12k.npz: 10,000 to train, 2,000 to score,
   both from CIFAR-10's training split, so not a CIFAR-10 test error), 2 epochs, seed 0, 2 cores
   of an Intel Xeon with AVX-512 (no bfloat16 instructions), 2026-12-03, with
   --config.dataset=npz --config.npz_path=... --config.num_epochs=2 --config.eval_every_steps=78
-  (and optimizer.warmup_epochs=0.5 for `modern`): accuracy on the 2,000 after epochs 1 and 2,
+  (and optimizer.warmup_epochs=0.5 for `modern`; no flips: the npz dataset is not known to be
+  mirror-symmetric): accuracy on the 2,000 after epochs 1 and 2,
   the paper recipe 10.20% and 14.55% (its loss still at ln 10, 2.30; 6 min 42 s), the modern
   one 28.00% and 41.45% (9 min 42 s; BatchNorm makes a CPU step 1.5x slower).
 
@@ -35,7 +37,7 @@ Quick variant, no network needed:
   an Intel Xeon on 2026-12-03).
 
 The config string after the colon is a comma-separated list, as in big_vision
-(nin_jax/config_string.py): named variants (augment, digits, holdout; the dataset first,
+(nin_jax/config_string.py): named variants (augment, digits, holdout, imagenet, imagenette, modern; the dataset first,
 whatever the order), and key=value fields, set after every variant:
 
   python launch.py --workdir=/tmp/nin_fc \
@@ -199,11 +201,16 @@ def modern_recipe(config):
   """The same NIN trained the way it is trained today, on the dataset `config` holds; every piece
   is a config field whose default is the paper's, so without `modern` nothing changes.
 
-  What the reproductions that train it well did (NIN_REFERENCE.md, "Reproductions"): the Torch
-  NIN with BatchNorm reached 92% on CIFAR-10 (szagoruyko/cifar.torch: batch 128, SGD momentum
-  0.9, weight decay 5e-4, flips, 300 epochs with the rate halved every 25); a Keras reproduction
-  91.63% (per-channel mean/std, flips and shifts, 200 epochs, Nesterov momentum); imgclsmob's
-  pretrained nin_cifar10 92.57% (its recipe is not published).
+  What the reproductions that train it well did: the Torch NIN with BatchNorm reached 92% on
+  CIFAR-10 (NIN_REFERENCE.md; its recipe, the defaults of szagoruyko/cifar.torch's train.lua:
+  batch 128, SGD momentum 0.9, weight decay 5e-4, flips, 300 epochs with the rate halved every
+  25); a Keras reproduction 91.63% (NIN_REFERENCE.md: per-channel mean/std, flips and shifts, 200
+  epochs, Nesterov momentum); imgclsmob's pretrained nin_cifar10 92.57% (recipe not published).
+  The pieces none of them used, from the papers that introduced them: He init (He et al. 2015,
+  for ReLU networks; NIN_REFERENCE.md lists it among the fixes of the ln 10 plateau), the linear
+  warm-up over 5 epochs (Goyal et al. 2017), cosine decay to 0 (Loshchilov & Hutter 2017, SGDR
+  without restarts; the flax ImageNet example's and big_vision's schedule), label smoothing 0.1
+  (Szegedy et al. 2016).
   Chosen here: BatchNorm before every ReLU (the Torch one's layout, model.norm), He init,
   per-channel mean/std, SGD with Nesterov momentum 0.9 at 0.1 for every layer (BatchNorm keeps
   the class maps alive, which the authors' 0.1x rate on them guarded against), a linear warm-up

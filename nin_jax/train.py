@@ -81,6 +81,10 @@ def create_learning_rate_fn(opt: ml_collections.ConfigDict, steps_per_epoch: int
   the end of the warm-up to 0 at step `total_steps`, the end of the run (as in the flax ImageNet
   example and big_vision). `optax.join_schedules` hands the joined schedule the steps counted from
   its boundary, so the schedule after the warm-up is built on that shifted count here.
+  The linear warm-up from 0 follows Goyal et al. 2017 (5 epochs there and in the modern recipe);
+  cosine to 0 is SGDR's (Loshchilov & Hutter 2017) without restarts.
+
+  Raises ConfigError: an unknown `schedule`, or two `decay_epochs` on the same step.
   """
   warmup_steps = round(opt.warmup_epochs * steps_per_epoch)
   if opt.schedule == "constant":
@@ -116,11 +120,24 @@ def learning_rate_multipliers(params, *, bias: float, classifier: float):
 
 
 def is_weight(params):
+  """A pytree of bool shaped like `params`: True for the leaves named `kernel` (the convolution
+  and dense weights), False for biases and BatchNorm's scale and offset, which are not decayed
+  (the paper decays weights only; so does the modern recipe, where the Torch NIN+BN decayed every
+  parameter)."""
   return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
 
 
 def create_optimizer(opt: ml_collections.ConfigDict, params, learning_rate_fn):
-  """SGD with momentum; weight decay on weights only (not biases), as in the paper."""
+  """The SGD optimizer (an optax.GradientTransformation) of the paper's and the modern recipe.
+
+  In order: the gradient clipped to global norm `grad_clip_norm` (0: not clipped); weight decay
+  `weight_decay` added on the kernels only (is_weight); every update scaled by its layer's rate
+  multiplier (learning_rate_multipliers: biases `bias_lr_multiplier`, the class-map layer
+  `classifier_lr_multiplier`, so a layer's decay is scaled with it, as Caffe's per-layer rates
+  did); momentum `momentum`, Nesterov's with `nesterov` (the Keras reproduction's,
+  NIN_REFERENCE.md); then the rate `learning_rate_fn(step)`. With the paper's fields this is the
+  authors' SGD with momentum 0.9 (NIN_REFERENCE.md, CIFAR-10 recipe).
+  """
   multipliers = learning_rate_multipliers(params, bias=opt.bias_lr_multiplier,
                                           classifier=opt.classifier_lr_multiplier)
   return optax.chain(
@@ -139,7 +156,8 @@ def create_optimizer(opt: ml_collections.ConfigDict, params, learning_rate_fn):
 def cross_entropy(logits, labels, label_smoothing: float = 0.0):
   """float32 [N]: the cross-entropy of `logits` [N, classes] against integer `labels` [N], the
   targets smoothed by `label_smoothing` (optax.smooth_labels: (1 - a) * one-hot + a / classes;
-  Szegedy et al. 2016); 0, the paper's, is the plain one-hot loss."""
+  Szegedy et al. 2016); 0, the paper's, is the plain one-hot loss. 0 <= label_smoothing < 1
+  (checks.py refuses other values in a config)."""
   if not label_smoothing:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)

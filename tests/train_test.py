@@ -4,6 +4,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import digits_config, final_params, flatten, launch_here, run_launch
 
@@ -137,6 +138,31 @@ def test_weight_decay_applies_to_weights_not_biases():
   updates, _ = tx.update(zero, tx.init(params), params)
   np.testing.assert_allclose(updates["layer"]["kernel"], -config.optimizer.weight_decay)
   np.testing.assert_allclose(updates["layer"]["bias"], 0.0)
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_the_momentum_is_optax_sgds_nesterov_or_heavy_ball(nesterov):
+  # Without decay, clipping or rate multipliers the optimizer is SGD with momentum: optax.sgd's,
+  # Nesterov's with optimizer.nesterov (the modern recipe's); the two differ from the 2nd step.
+  config = digits_config()
+  opt = config.optimizer
+  opt.weight_decay, opt.grad_clip_norm, opt.bias_lr_multiplier = 0.0, 0.0, 1.0
+  opt.classifier_lr_multiplier, opt.momentum, opt.nesterov = 1.0, 0.9, nesterov
+  params = {"layer": {"kernel": np.ones(3, np.float32)}}
+  ours = train.create_optimizer(opt, params, lambda step: 0.1)
+  reference = optax.sgd(0.1, momentum=0.9, nesterov=nesterov)
+  ours_state, reference_state = ours.init(params), reference.init(params)
+  seen = []
+  for grad in ([1.0, -2.0, 0.5], [0.5, 1.0, -1.0], [2.0, 0.0, 1.0]):
+    grads = {"layer": {"kernel": np.array(grad, np.float32)}}
+    update, ours_state = ours.update(grads, ours_state, params)
+    expected, reference_state = reference.update(grads, reference_state, params)
+    np.testing.assert_allclose(update["layer"]["kernel"], expected["layer"]["kernel"], rtol=1e-6)
+    seen.append(np.asarray(update["layer"]["kernel"]))
+  # The 2nd step by hand: heavy ball -lr * (g2 + m g1); Nesterov -lr * (g2 + m (g2 + m g1)).
+  g1, g2 = np.array([1.0, -2.0, 0.5]), np.array([0.5, 1.0, -1.0])
+  by_hand = g2 + 0.9 * (g2 + 0.9 * g1) if nesterov else g2 + 0.9 * g1
+  np.testing.assert_allclose(seen[1], -0.1 * by_hand, rtol=1e-6)
+
 
 
 def test_step_schedule_divides_by_ten_at_the_given_epochs():
