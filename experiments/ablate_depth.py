@@ -29,8 +29,8 @@ The modern recipe (experiments/default.py, modern_recipe: BatchNorm, He init, Ne
       --config.data_dir=gs://YOUR_BUCKET/tensorflow_datasets
 
   Hardware: a Cloud TPU VM or a GPU; 12 runs of 200 epochs. Time: not measured yet. Expected:
-  2 layers is the reproductions' NIN+BN, 92% (Torch; 300 epochs in szagoruyko/cifar.torch) and 91.63% (Keras, 200 epochs)
-  accuracy (NIN_REFERENCE.md); none published other depths under it.
+  2 layers is the reproductions' NIN+BN, 92% (Torch; 300 epochs in szagoruyko/cifar.torch) and
+  91.63% (Keras, 200 epochs) accuracy (NIN_REFERENCE.md); none published other depths under it.
 
   On the digits: python launch.py --config=experiments/ablate_depth.py:digits,modern --workdir=/tmp/adm
   Hardware: 2 CPU cores of an AMD EPYC (AVX2 only), 2026-12-03. Time: 3 min 43 s (12 runs, 3 at

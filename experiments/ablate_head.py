@@ -35,8 +35,8 @@ The modern recipe (experiments/default.py, modern_recipe: BatchNorm, He init, Ne
       --config.data_dir=gs://YOUR_BUCKET/tensorflow_datasets
 
   Hardware: a Cloud TPU VM or a GPU; 9 runs of 200 epochs. Time: not measured yet. Expected,
-  from the reproductions it follows (GAP head): 92% accuracy (Torch NIN+BN; 300 epochs in szagoruyko/cifar.torch),
-  91.63% (Keras, 200 epochs); none of them published an FC head under it.
+  from the reproductions it follows (GAP head): 92% accuracy (Torch NIN+BN; 300 epochs in
+  szagoruyko/cifar.torch), 91.63% (Keras, 200 epochs); none of them published an FC head under it.
 
   On 12,000 real CIFAR-10 images (../shared/data/cifar10_train12k.npz: 10,000 to train, 2,000 to
   score, both from CIFAR-10's training split, so not CIFAR-10 test errors), 1 epoch (78 steps),
@@ -61,14 +61,17 @@ The modern recipe (experiments/default.py, modern_recipe: BatchNorm, He init, Ne
   and the warm-up flag), 2 CPU cores of an AMD EPYC with avx512_bf16 (float32: the paper's
   dtype), 2026-12-04, 24 min 8 s: gap 87.88 +- 2.01%, fc 83.07 +- 7.29%, fc_dropout 90.22 +-
   0.53%, no difference established (adjusted p >= 0.33): after one epoch every arm is near
-  chance, its training loss 2.26-2.30 at the end (ln 10 = 2.30, NIN_REFERENCE.md's plateau); the modern recipe's gap
-  arm, the same network and seeds, reached 70.73 +- 1.34%.
+  chance, its training loss 2.26-2.30 at the end (ln 10 = 2.30, NIN_REFERENCE.md's plateau);
+  the modern recipe's gap arm, the same network and seeds, reached 70.73 +- 1.34%.
 
   On the digits: python launch.py --config=experiments/ablate_head.py:digits,modern --workdir=/tmp/ahm
-  The same AMD EPYC, 2026-12-03: 3 min 28 s (9 runs, 3 at a time). Result (test error over the
-  359 test digits, seeds 0-2): gap 0.84 +- 0.00%, fc 0.74 +- 0.16%, fc_dropout 0.84 +- 0.28%,
-  each below the paper recipe's on that machine (gap 1.58, fc 1.02, fc_dropout 1.49); no
-  difference between heads established (adjusted p = 1.00 on the test split).
+  The AVX2-only AMD EPYC (model.dtype=native: float32), 2026-12-03: 3 min 28 s (9 runs, 3 at a
+  time). Result (test error over the 359 test digits, seeds 0-2): gap 0.84 +- 0.00%, fc 0.74 +-
+  0.16%, fc_dropout 0.84 +- 0.28%, each below the paper recipe's on that machine (gap 1.58, fc
+  1.02, fc_dropout 1.49); no difference between heads established (adjusted p = 1.00 on the test
+  split). On an AMD EPYC with avx512_bf16 (native: bfloat16), 2026-12-04, 2 min 16 s: gap 0.74
+  +- 0.16%, fc 0.46 +- 0.16%, fc_dropout 0.84 +- 0.00%, none established (adjusted p >= 0.17);
+  the paper recipe there: gap 1.49, fc 1.95, fc_dropout 1.58.
 
 One arm only (to share a sweep between machines by hand): add --arm=fc. Rebuild the report from disk:
 python -m nin_jax.report /tmp/ah.
