@@ -456,7 +456,11 @@ def plot(summary, sweep, workdir):
   axes.set(xlabel="epoch", ylabel="test error (%)", yscale="log",
            title=f"{summary['field']}: mean over seeds, band = best..worst seed")
   axes.grid(True, which="both", alpha=0.3)
-  axes.legend()
+  if axes.lines:
+    axes.legend()
+  else:  # no run has evaluated yet (or every one diverged before its first evaluation)
+    axes.text(0.5, 0.5, "no test evaluation recorded yet", transform=axes.transAxes,
+              ha="center", va="center")
   figure.tight_layout()
   files.save_figure(figure, epath.Path(workdir) / "test_error_vs_epoch.png", dpi=120)
   plt.close(figure)
@@ -467,12 +471,21 @@ def plot(summary, sweep, workdir):
   means = [a["test_error_mean"] or 0 for a in arms]
   axes.bar(positions, means, yerr=[a["test_error_std"] or 0 for a in arms], capsize=6,
            color="#9ecae1", edgecolor="#3182bd", label="mean ± std over seeds")
+  labelled = set()  # each legend entry once, on the first arm that has it
+
+  def label(name):
+    if name in labelled:
+      return None
+    labelled.add(name)
+    return name
+
   for x, a in zip(positions, arms):
-    axes.scatter([x] * len(a["test_errors"]), a["test_errors"], color="black", s=12, zorder=3,
-                 label="one seed" if x == 0 else None)
+    if a["test_errors"]:
+      axes.scatter([x] * len(a["test_errors"]), a["test_errors"], color="black", s=12, zorder=3,
+                   label=label("one seed"))
     if a["paper_test_error"] is not None:
       axes.scatter([x], [a["paper_test_error"]], marker="*", s=120, color="#e6550d", zorder=4,
-                   label="paper" if x == 0 else None)
+                   label=label("paper"))
   axes.set_xticks(positions, [a["arm"] for a in arms], rotation=30 if len(arms) > 4 else 0,
                   ha="right" if len(arms) > 4 else "center")
   axes.set(ylabel="test error (%)", title=f"{summary['field']} on {summary['dataset']}")

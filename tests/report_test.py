@@ -132,6 +132,32 @@ def write_fake_sweep(workdir, errors_by_arm, paper=None, dataset="digits"):
           json.dumps({"step": 20, "epoch": 2.0, "test_accuracy": 1 - error / 100}) + "\n")
 
 
+def test_a_sweep_with_no_evaluation_yet_says_so_in_its_curve_figure(tmp_path):
+  # Runs that have not evaluated (or diverged first): the figure is written, with no empty
+  # legend for matplotlib to warn about.
+  write_fake_sweep(tmp_path, {"gap": [10.0, 10.2], "fc": [12.0, 12.3]})
+  for metrics in tmp_path.glob("*/seed_*/metrics.jsonl"):
+    metrics.write_text(json.dumps({"step": 10, "epoch": 1.0, "loss": 2.3}) + "\n")
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    report.write_report(tmp_path)
+  assert (tmp_path / "test_error_vs_epoch.png").stat().st_size > 0
+
+
+def test_the_bar_figure_names_the_papers_figure_whichever_arm_has_it(tmp_path, monkeypatch):
+  # ablate_head_depth gives the paper's errors for its depth-2 arms only, none for the first arm.
+  write_fake_sweep(tmp_path, {"gap-num_1x1_0": [10.0, 10.2], "gap-num_1x1_2": [12.0, 12.3]},
+                   paper={"gap-num_1x1_2": 10.41}, dataset="cifar10")
+  legends = {}
+
+  def keep_legend(figure, path, **kwargs):
+    legends[path.name] = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+  monkeypatch.setattr(report.files, "save_figure", keep_legend)
+  report.write_report(tmp_path)
+  assert sorted(legends["test_error_bars.png"]) == ["mean ± std over seeds", "one seed", "paper"]
+  assert legends["test_error_vs_epoch.png"] == ["gap-num_1x1_0", "gap-num_1x1_2"]
+
+
 def test_report_tells_a_real_difference_from_noise(tmp_path):
   write_fake_sweep(tmp_path, {"gap": [10.0, 10.2, 10.1], "fc": [12.0, 12.3, 12.1],
                               "fc_dropout": [10.3, 9.9, 10.4]}, paper={"gap": 10.41},
