@@ -18,15 +18,14 @@ The modern recipe (`modern`, modern_recipe below), the same network trained as i
   Hardware: a Cloud TPU VM or one GPU. Time: not measured yet (200 epochs). Expected, from the
   reproductions it follows (NIN_REFERENCE.md, "Reproductions"): 92% accuracy with BatchNorm
   (Torch; 300 epochs in szagoruyko/cifar.torch's train.lua), 91.63% (Keras, 200 epochs); 92.57%
-  for imgclsmob's pretrained nin_cifar10. Measured on 12,000
-  real CIFAR-10 images (../shared/data/cifar10_train12k.npz: 10,000 to train, 2,000 to score,
-  both from CIFAR-10's training split, so not a CIFAR-10 test error), 2 epochs, seed 0, 2 cores
-  of an Intel Xeon with AVX-512 (no bfloat16 instructions), 2026-12-03, with
-  --config.dataset=npz --config.npz_path=... --config.num_epochs=2 --config.eval_every_steps=78
-  (and optimizer.warmup_epochs=0.5 for `modern`; no flips: the npz dataset is not known to be
-  mirror-symmetric): accuracy on the 2,000 after epochs 1 and 2,
-  the paper recipe 10.20% and 14.55% (its loss still at ln 10, 2.30; 6 min 42 s), the modern
-  one 28.00% and 41.45% (9 min 42 s; BatchNorm makes a CPU step 1.5x slower).
+  for imgclsmob's pretrained nin_cifar10. Measured on 12,000 real CIFAR-10 images
+  (../shared/data/cifar10_train12k.npz: 10,000 to train, 2,000 to score, both from CIFAR-10's
+  training split, so not a CIFAR-10 test error), 2 epochs, seed 0, 2 cores of an Intel Xeon with
+  AVX-512 (no bfloat16 instructions), 2026-12-03, with --config.dataset=npz --config.npz_path=...
+  --config.num_epochs=2 --config.eval_every_steps=78 (and optimizer.warmup_epochs=0.5 for
+  `modern`; no flips: the npz dataset is not known to be mirror-symmetric): accuracy on the 2,000
+  after epochs 1 and 2, the paper recipe 10.20% and 14.55% (its loss still at ln 10, 2.30; 6 min
+  42 s), the modern one 28.00% and 41.45% (9 min 42 s; BatchNorm makes a CPU step 1.5x slower).
 
 Quick variant, no network needed:
 

@@ -139,6 +139,7 @@ def test_weight_decay_applies_to_weights_not_biases():
   np.testing.assert_allclose(updates["layer"]["kernel"], -config.optimizer.weight_decay)
   np.testing.assert_allclose(updates["layer"]["bias"], 0.0)
 
+
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_the_momentum_is_optax_sgds_nesterov_or_heavy_ball(nesterov):
   # Without decay, clipping or rate multipliers the optimizer is SGD with momentum: optax.sgd's,
@@ -151,18 +152,18 @@ def test_the_momentum_is_optax_sgds_nesterov_or_heavy_ball(nesterov):
   ours = train.create_optimizer(opt, params, lambda step: 0.1)
   reference = optax.sgd(0.1, momentum=0.9, nesterov=nesterov)
   ours_state, reference_state = ours.init(params), reference.init(params)
+  gradients = np.array([[1.0, -2.0, 0.5], [0.5, 1.0, -1.0], [2.0, 0.0, 1.0]], np.float32)
   seen = []
-  for grad in ([1.0, -2.0, 0.5], [0.5, 1.0, -1.0], [2.0, 0.0, 1.0]):
-    grads = {"layer": {"kernel": np.array(grad, np.float32)}}
+  for grad in gradients:
+    grads = {"layer": {"kernel": grad}}
     update, ours_state = ours.update(grads, ours_state, params)
     expected, reference_state = reference.update(grads, reference_state, params)
     np.testing.assert_allclose(update["layer"]["kernel"], expected["layer"]["kernel"], rtol=1e-6)
     seen.append(np.asarray(update["layer"]["kernel"]))
   # The 2nd step by hand: heavy ball -lr * (g2 + m g1); Nesterov -lr * (g2 + m (g2 + m g1)).
-  g1, g2 = np.array([1.0, -2.0, 0.5]), np.array([0.5, 1.0, -1.0])
+  g1, g2 = gradients[0].astype(np.float64), gradients[1].astype(np.float64)
   by_hand = g2 + 0.9 * (g2 + 0.9 * g1) if nesterov else g2 + 0.9 * g1
   np.testing.assert_allclose(seen[1], -0.1 * by_hand, rtol=1e-6)
-
 
 
 def test_step_schedule_divides_by_ten_at_the_given_epochs():
