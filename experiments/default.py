@@ -32,7 +32,7 @@ Quick variant, no network needed:
   python launch.py --config=experiments/default.py:digits --workdir=/tmp/nin_digits
 
   Hardware: 2 CPU cores. Time: ~1 minute including start-up. Expected: >= 97% test accuracy
-  on the 359 held-out digits (98.33% with seed 0: 30.3 s of training, 35 s in all, on 2 cores of
+  on the 359 held-out digits (98.33% with seed 0: 25-30 s of training, 29-35 s in all, on 2 cores of
   an AMD EPYC with AVX-512 on 2026-12-04).
 
 The config string after the colon is a comma-separated list, as in big_vision
